@@ -1,0 +1,96 @@
+"""Typed settings shared by every Packline process.
+
+Precedence (highest first): command-line option > ``PACKLINE_*`` environment variable >
+default. Names are flat: ``PACKLINE_DATABASE_URL``, ``PACKLINE_MQTT_URL``,
+``PACKLINE_DATA_DIR``. Every file Packline writes lives under ``data_dir`` unless an
+option says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["MqttUrl", "Settings", "parse_mqtt_url"]
+
+
+def _default_data_dir() -> Path:
+    return Path.cwd() / ".packline"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PACKLINE_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="where databases, configs and labels live")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the cloud database; default: SQLite file under data_dir"
+    )
+    mqtt_url: str | None = Field(default=None, description="mqtt[s]://[user:pass@]host:port; default: start one")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    webhook_timeout_s: float = 5.0
+    signing_secret_bytes: int = 24
+    admin_token: SecretStr | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    def cloud_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'cloud.db'}"
+
+    def sources(self) -> dict[str, str]:
+        """Which values were set explicitly (env or options), for `packline config`."""
+        return {k: "set" for k in self.model_fields_set}
+
+
+@dataclass(frozen=True)
+class MqttUrl:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:  # never prints the password
+        auth = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+    def with_credentials(self, username: str | None, password: str | None) -> MqttUrl:
+        return MqttUrl(self.host, self.port, self.tls, username, password)
+
+    def to_url(self) -> str:
+        from urllib.parse import quote
+
+        auth = ""
+        if self.username:
+            auth = quote(self.username, safe="")
+            if self.password is not None:
+                auth += ":" + quote(self.password, safe="")
+            auth += "@"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    """Parse ``mqtt[s]://[user:pass@]host:port``; raise ValueError with a clear reason."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"MQTT URL has no host: {url!r}")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ValueError(f"MQTT URL has a bad port: {url!r}") from None
+    return MqttUrl(
+        host=parts.hostname,
+        port=port,
+        tls=parts.scheme == "mqtts",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
