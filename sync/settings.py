@@ -19,7 +19,11 @@ __all__ = ["MqttUrl", "Settings", "parse_mqtt_url"]
 
 
 def _default_data_dir() -> Path:
-    return Path.cwd() / ".packline"
+    """``$XDG_DATA_HOME/packline`` (``~/.local/share/packline``): works from any directory."""
+    import os
+
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "packline"
 
 
 class Settings(BaseSettings):

@@ -12,6 +12,7 @@ embedded MQTT 3.1.1 broker.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,3 +67,38 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"packline: CI={in_ci()} postgres={'on' if os.environ.get(POSTGRES_ENV) else 'off (sqlite only)'} "
         f"mqtt={os.environ.get(MQTT_ENV) or 'private broker'}"
     ]
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """(url, protocol) of the broker for MQTT tests; protocol 5 or 311."""
+    url = os.environ.get(MQTT_ENV)
+    if url:
+        yield url, 5
+        return
+    from sync.broker import BrokerError, EmbeddedBroker, MosquittoProcess
+
+    if shutil.which("mosquitto"):
+        try:
+            with MosquittoProcess(tmp_path_factory.mktemp("mosquitto")) as m:
+                yield m.url, 5
+            return
+        except BrokerError as e:
+            need(False, f"private mosquitto failed to start: {e}")
+    need(not in_ci(), "CI must run MQTT tests against Mosquitto")
+    with EmbeddedBroker() as b:
+        yield b.url, 311
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path: Path) -> Iterator[object]:
+    """A private mosquitto this test may stop, kill and restart (same port, same persistence)."""
+    need(shutil.which("mosquitto") is not None, "mosquitto is not on PATH")
+    from sync.broker import MosquittoProcess
+
+    m = MosquittoProcess(tmp_path / "mosquitto")
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()

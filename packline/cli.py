@@ -1,0 +1,246 @@
+"""The ``packline`` command: thin wiring only.
+
+Exit codes: 0 ok; 1 the job ran but its result is not good (e.g. an order did not ship);
+2 bad usage or bad input (nothing was changed); 3 the environment is not there
+(broker, database, device unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sync.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
+
+log = logging.getLogger("packline")
+
+
+class UsageError(Exception):
+    """Bad input from the user: exit 2, nothing changed."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("data_dir", "database_url", "mqtt_url"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise UsageError(f"bad settings: {e}") from None
+
+
+def _add_common(p: argparse.ArgumentParser, *, db: bool = True, mqtt: bool = True) -> None:
+    p.add_argument("--data-dir", type=Path, help="where Packline writes its files (env PACKLINE_DATA_DIR)")
+    if db:
+        p.add_argument("--database-url", help="SQLAlchemy URL of the cloud database (env PACKLINE_DATABASE_URL)")
+    if mqtt:
+        p.add_argument("--mqtt", dest="mqtt_url", metavar="URL",
+                       help="mqtt[s]://[user:pass@]host:port (env PACKLINE_MQTT_URL); default: start a broker")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="packline", description="Open, API-first fulfilment.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the whole flow on this machine: API -> station -> label -> ledger")
+    _add_common(d)
+    d.add_argument("--json", action="store_true", help="print only a JSON result on stdout (logs go to stderr)")
+    d.add_argument("--out", type=Path, help="folder for the printed labels (.zpl); default DATA_DIR/out")
+    d.add_argument("--orders", type=int, metavar="N", help="load run: N orders cycled from the samples")
+    d.add_argument("--timeout", type=float, default=None, help="seconds to wait for every order to ship")
+    d.add_argument("--sample-dir", type=Path, help="a folder shaped like the sample data")
+
+    c = sub.add_parser("cloud", help="the cloud: API, ledger, MQTT ingest")
+    csub = c.add_subparsers(dest="cloud_command", required=True)
+    serve = csub.add_parser("serve", help="run the API and the MQTT ingest")
+    _add_common(serve)
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    load = csub.add_parser("load", help="load a folder of tenants/sites/products/stock/packers JSON")
+    _add_common(load, mqtt=False)
+    load.add_argument("dir", type=Path)
+    mig = csub.add_parser("migrate", help="upgrade the cloud database schema in place")
+    _add_common(mig, mqtt=False)
+
+    s = sub.add_parser("station", help="a packing station")
+    ssub = s.add_subparsers(dest="station_command", required=True)
+    en = ssub.add_parser("enrol", help="write this station's config file under the data dir")
+    _add_common(en, db=False)
+    en.add_argument("--station-id", required=True)
+    en.add_argument("--site", required=True)
+    en.add_argument("--scanner", required=True, help="e.g. serial:///dev/ttyACM0?baud=9600")
+    en.add_argument("--printer", required=True, help="e.g. tcp://10.0.0.7:9100")
+    en.add_argument("--cloud-url", default="http://127.0.0.1:8000")
+    en.add_argument("--mqtt-username")
+    en.add_argument("--mqtt-password")
+    en.add_argument("--force", action="store_true", help="overwrite an existing enrolment")
+    run = ssub.add_parser("run", help="run the packing screen")
+    _add_common(run, db=False)
+    run.add_argument("--station-id", required=True)
+
+    cfg = sub.add_parser("config", help="show the effective settings and where each came from")
+    _add_common(cfg)
+    return ap
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("transitions", "amqtt", "httpx", "uvicorn.access", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from packline.demo import SAMPLE_DATA, DemoOptions, run_demo
+
+    if args.orders is not None and args.orders < 1:
+        raise UsageError("--orders must be at least 1")
+    settings = _settings(args)
+    opts = DemoOptions(
+        settings=settings,
+        out=args.out,
+        orders=args.orders,
+        mqtt_url=args.mqtt_url or settings.mqtt_url,
+        database_url=args.database_url or settings.database_url,
+        sample_dir=args.sample_dir or SAMPLE_DATA,
+        timeout_s=args.timeout or (120.0 if args.orders is None else 60.0 + args.orders * 0.5),
+    )
+    result = run_demo(opts)
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+    else:
+        print(render_summary(result))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def render_summary(result: Any) -> str:
+    rows = [("ORDER", "SITE", "CARRIER", "TRACKING", "STATUS", "LABEL")]
+    for o in result.orders:
+        rows.append((o.external_id, o.site or "-", o.carrier or "-", o.tracking_number or "-",
+                     o.status or "-", o.label_file or (o.reason or "-")))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    s = result.stats
+    shipped = sum(o.status == "shipped" for o in result.orders)
+    lines.append("")
+    lines.append(f"{shipped}/{len(result.orders)} shipped; labels in {s.get('out')}; "
+                 f"broker {s['broker']['url']} (MQTT {s['broker']['protocol']}); database {s.get('database')}")
+    wh = s.get("webhooks", {})
+    lines.append(f"webhooks: {wh.get('verified', 0)} deliveries verified {wh.get('by_type', {})}, "
+                 f"{wh.get('failed', 0)} failed verification")
+    if "load" in s:
+        ld = s["load"]
+        lines.append(f"load: {ld['orders']} orders in {ld['wall_s']}s = {ld['orders_per_s']} orders/s; "
+                     f"order -> shipped p50 {ld['p50_ms']} ms, p99 {ld['p99_ms']} ms")
+    if result.problems:
+        lines.append("PROBLEMS:")
+        lines += [f"  - {p}" for p in result.problems]
+    else:
+        lines.append("ledger invariants hold: on hand = opening - shipped; reserved = open orders' holds")
+    return "\n".join(lines)
+
+
+def cmd_cloud(args: argparse.Namespace) -> int:
+    from cloud import server
+
+    settings = _settings(args)
+    if args.cloud_command == "migrate":
+        server.migrate(settings.cloud_database_url())
+        print(f"database at {_redact(settings.cloud_database_url())} is up to date", file=sys.stderr)
+        return EXIT_OK
+    if args.cloud_command == "load":
+        if not args.dir.is_dir():
+            raise UsageError(f"{args.dir} is not a folder")
+        creds = server.load_folder(settings.cloud_database_url(), args.dir)
+        print(json.dumps(creds, indent=2))
+        return EXIT_OK
+    host = args.host or settings.api_host
+    port = args.port if args.port is not None else settings.api_port
+    server.serve(settings, host=host, port=port)
+    return EXIT_OK
+
+
+def cmd_station(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.station_command == "enrol":
+        from station.config import enrol
+
+        path = enrol(
+            settings.data_dir,
+            station_id=args.station_id,
+            site=args.site,
+            cloud_url=args.cloud_url,
+            mqtt_url=args.mqtt_url or settings.mqtt_url or "mqtt://127.0.0.1:1883",
+            mqtt_username=args.mqtt_username,
+            mqtt_password=args.mqtt_password,
+            scanner_url=args.scanner,
+            printer_url=args.printer,
+            force=args.force,
+        )
+        print(path)
+        return EXIT_OK
+    from packline.wiring import run_station_app
+
+    return run_station_app(settings.data_dir, args.station_id)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    explicit = {k for k in ("data_dir", "database_url", "mqtt_url") if getattr(args, k, None) is not None}
+    out = {}
+    for name in Settings.model_fields:
+        env = f"PACKLINE_{name.upper()}"
+        source = "option" if name in explicit else ("env " + env if env in os.environ else "default")
+        value = getattr(settings, name)
+        if name == "database_url" and value is None:
+            value = settings.cloud_database_url()
+        shown = "***" if "token" in name or "secret" in name else _redact(str(value)) if value is not None else None
+        out[name] = {"value": shown, "source": source}
+    print(json.dumps(out, indent=2))
+    return EXIT_OK
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", 0))
+    handlers = {"demo": cmd_demo, "cloud": cmd_cloud, "station": cmd_station, "config": cmd_config}
+    try:
+        return handlers[args.command](args)
+    except UsageError as e:
+        print(f"packline: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:  # validation of ids, URLs, files
+        print(f"packline: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConnectionError, OSError) as e:
+        print(f"packline: {e}", file=sys.stderr)
+        return EXIT_ENV
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
