@@ -15,7 +15,6 @@ import json
 import logging
 import shutil
 import statistics
-import threading
 import time
 import uuid
 from collections import defaultdict
