@@ -169,7 +169,10 @@ def decode(payload: bytes | str) -> Envelope:
         raise ContractError(f"payload is not UTF-8 JSON: {e}") from None
     if not isinstance(raw, dict):
         raise ContractError("payload is not a JSON object")
-    if raw.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
+    schema = raw.get("schema", SCHEMA_VERSION)
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise ContractError(f"schema must be an integer, got {schema!r}")
+    if schema > SCHEMA_VERSION:
         raise ContractError(f"schema {raw.get('schema')} is newer than this build understands ({SCHEMA_VERSION})")
     try:
         return Envelope.model_validate(raw)

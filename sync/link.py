@@ -70,7 +70,9 @@ class StationStore(Protocol):
 
     def apply_feed(self, env: Envelope) -> None:
         """Apply one feed entry and record ``env.seq`` as the last applied, in ONE transaction.
-        Called only with ``env.seq == last_feed_seq() + 1``."""
+        Called only with ``env.seq == last_feed_seq() + 1``. An entry the store cannot apply
+        (bad body) must still be recorded (e.g. as a reject) and ``seq`` advanced: otherwise
+        one bad entry would block the feed forever."""
         ...
 
 

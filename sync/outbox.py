@@ -85,7 +85,8 @@ class Outbox:
         id_: uuid.UUID | None = None,
     ) -> Envelope:
         """Store an event inside the caller's transaction and return its envelope."""
-        assert conn.in_transaction or conn.isolation_level is not None, "append inside a transaction"
+        if not conn.in_transaction:
+            raise RuntimeError("Outbox.append must run inside the caller's transaction (BEGIN first)")
         seq = self._next_seq(conn)
         env = new_envelope(type_, site=self.site, station=self.station, tenant=tenant, seq=seq, body=body, id_=id_)
         conn.execute(

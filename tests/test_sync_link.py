@@ -139,7 +139,7 @@ def test_envelope_roundtrip_and_bad_payloads() -> None:
     env = c.new_envelope(c.ORDER_PACKED, site="DE-LEJ", station="ST-1", seq=3, body={"x": "Γιώργος ^XZ"})
     assert c.decode(c.encode(env)) == env
     assert b'"schema":1' in c.encode(env)
-    for bad in (b"\xff\xfe", b"[]", b"{}", b'{"id": "nope"}', b'{"schema": 99}'):
+    for bad in (b"\xff\xfe", b"[]", b"{}", b'{"id": "nope"}', b'{"schema": 99}', b'{"schema": "1"}', b'{"schema": null}'):
         with pytest.raises(c.ContractError):
             c.decode(bad)
 
