@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from cloud.server import CloudServer
+from cloud.webhooks import verify as verify_webhook
 from packline import wiring
 from packline.webhook_receiver import WebhookReceiver
 from sync.broker import RunningBroker, free_port, start_default_broker
@@ -138,13 +140,14 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     database_url = opts.database_url or settings.database_url or f"sqlite:///{demo_dir / 'cloud.db'}"
 
     with contextlib.ExitStack() as stack, _broker(opts, demo_dir / "broker") as (mqtt_url, protocol):
-        cloud = wiring.CloudStack(database_url=database_url, mqtt_url=mqtt_url, protocol=protocol,
-                                  settings=settings, api_port=free_port())
+        cloud = CloudServer(settings, database_url=database_url, mqtt_url=mqtt_url, protocol=protocol,
+                            port=free_port(), client_id=f"packline-cloud-demo-{run_id}")
         stack.callback(cloud.stop)
-        fresh_db = cloud.start()
+        cloud.start()
+        fresh_db = cloud.process.is_empty()
         creds = cloud.load_dir(opts.sample_dir)
 
-        receiver = WebhookReceiver(verify=wiring.verify_webhook).start()
+        receiver = WebhookReceiver(verify=verify_webhook).start()
         stack.callback(receiver.stop)
         http = httpx.Client(base_url=cloud.api_url, timeout=30.0)
         stack.callback(http.close)
@@ -194,11 +197,13 @@ def run_demo(opts: DemoOptions) -> DemoResult:
 
         _wait_shipped(http, creds, orders, opts.timeout_s)
         wall_s = time.perf_counter() - t_start
-        cloud.drain_webhooks(timeout_s=10)
+        cloud.process.drain_webhooks(timeout_s=10)
 
         _write_labels(orders, stations, out)
         problems = [f"{o.external_id}: {o.status} ({o.reason})" for o in orders if o.status != "shipped"]
-        problems += cloud.ledger_problems(opening=_load(opts.sample_dir, "stock"), plan_receipts=opts.orders is not None)
+        problems += cloud.process.ledger_problems()
+        if opts.orders is None:
+            problems += _opening_minus_shipped(http, creds, _load(opts.sample_dir, "stock"), plan, orders)
         if receiver.failed:
             problems += [f"webhook signature failed: {f}" for f in receiver.failed[:10]]
 
@@ -297,3 +302,37 @@ def _write_labels(orders: list[DemoOrder], stations: list[wiring.DemoStation], o
         name = f"{o.external_id}.zpl"
         (out / name).write_bytes(matches[-1])
         o.label_file = name
+
+
+def _opening_minus_shipped(http: httpx.Client, creds: dict[str, dict[str, str]], stock: list[dict[str, Any]],
+                           plan: list[dict[str, Any]], orders: list[DemoOrder]) -> list[str]:
+    """Through the merchant's API: on hand = opening - shipped, reserved = what open orders hold."""
+    expected_on_hand: dict[tuple[str, str, str], int] = defaultdict(int)
+    expected_reserved: dict[tuple[str, str, str], int] = defaultdict(int)
+    for row in stock:
+        expected_on_hand[(row["tenant"], row["sku"], row["site"])] += int(row["qty"])
+    for o, d in zip(plan, orders, strict=True):
+        for line in o["lines"]:
+            key = (o["tenant"], line["sku"], d.site or "")
+            if d.status == "shipped":
+                expected_on_hand[key] -= int(line["qty"])
+            elif d.status in ("released", "packing", "packed"):
+                expected_reserved[key] += int(line["qty"])
+    problems = []
+    seen: set[tuple[str, str, str]] = set()
+    for tenant, c in creds.items():
+        r = http.get("/v1/inventory", headers={"authorization": f"Bearer {c['api_key']}"})
+        r.raise_for_status()
+        for item in r.json()["items"]:
+            key = (tenant, item["sku"], item["site"])
+            seen.add(key)
+            if item["on_hand"] != expected_on_hand.get(key, 0):
+                problems.append(f"ledger {key}: on hand {item['on_hand']} != opening - shipped "
+                                f"{expected_on_hand.get(key, 0)}")
+            if item["reserved"] != expected_reserved.get(key, 0):
+                problems.append(f"ledger {key}: reserved {item['reserved']} != open orders' "
+                                f"{expected_reserved.get(key, 0)}")
+    for key, qty in expected_on_hand.items():
+        if key not in seen and qty:
+            problems.append(f"ledger {key}: missing from inventory (expected on hand {qty})")
+    return problems

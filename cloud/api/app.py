@@ -1,0 +1,191 @@
+"""The cloud's HTTP API: :func:`create_app` is its composition root.
+
+Nothing is built at import time. Route handlers are thin: authenticate, parse, call a service,
+shape the response. Every error is RFC 9457 problem+json (:mod:`cloud.api.problems`).
+
+Handlers are plain ``def``: FastAPI runs them in its thread pool, which suits the synchronous
+SQLAlchemy engine (the pool is sized for it in :func:`cloud.db.make_engine`).
+
+No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations, and
+the handlers close over dependencies built inside :func:`create_app`.
+"""
+
+import html
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from cloud.api.problems import install_problem_handlers, problem_response
+from cloud.carriers import Carrier, SandboxCarrier
+from cloud.catalog import ProductIn, save_product
+from cloud.db import make_engine, read_session, upgrade
+from cloud.errors import Unauthorized
+from cloud.inventory import ReceiptIn, level_dict, list_stock, receive_stock
+from cloud.orders import CancelIn, OrderIn, OrderService
+from cloud.serials import SerialSource
+from cloud.tenants import TenantContext, authenticate
+from sync.settings import Settings
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+MAX_BODY_BYTES = 1_000_000
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="apiKey", description="Authorization: Bearer <api key>")
+_PROBLEM = {"description": "problem details (RFC 9457)", "content": {"application/problem+json": {}}}
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    carrier: Carrier | None = None,
+    on_feed: Callable[[], None] | None = None,
+    migrate: bool = True,
+) -> FastAPI:
+    """Build the API.
+
+    ``engine``: the cloud database (default: from ``settings``, disposed on shutdown);
+    ``carrier``: the label carrier (default: the sandbox carrier with database-backed serials);
+    ``on_feed``: called after a commit that added site-feed entries (e.g. ``CloudLink.notify_feed``);
+    ``migrate``: bring the schema to head first (idempotent).
+    """
+    owns_engine = engine is None
+    db = engine if engine is not None else make_engine(settings.cloud_database_url())
+    if migrate:
+        upgrade(db)
+    serials = SerialSource("sandbox")
+    orders = OrderService(db, carrier or SandboxCarrier(next_serial=serials), serials=serials, on_feed=on_feed)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_engine:
+            db.dispose()
+
+    app = FastAPI(
+        title="Packline cloud API",
+        version="1",
+        docs_url=None,  # the Swagger/ReDoc pages load their JS from a CDN; /docs below works offline
+        redoc_url=None,
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    install_problem_handlers(app)
+    app.include_router(_system_routes(app, db))
+    app.include_router(_v1_routes(db, orders))
+    return app
+
+
+def _tenant_dependency(engine: Engine) -> Callable[..., TenantContext]:
+    def current_tenant(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> TenantContext:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise Unauthorized("send Authorization: Bearer <api key>")
+        with read_session(engine) as s:
+            tenant = authenticate(s, credentials.credentials)
+        if tenant is None:
+            raise Unauthorized("the API key is not valid")
+        return tenant
+
+    return current_tenant
+
+
+def _v1_routes(engine: Engine, orders: OrderService) -> APIRouter:
+    router = APIRouter(prefix="/v1", responses={401: _PROBLEM, 422: _PROBLEM})
+    Tenant = Annotated[TenantContext, Depends(_tenant_dependency(engine))]
+
+    @router.post("/orders", status_code=201, responses={409: _PROBLEM, 503: _PROBLEM}, tags=["orders"])
+    def create_order(
+        order: OrderIn,
+        tenant: Tenant,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    ) -> JSONResponse:
+        """Validate, route, reserve, buy the label and release the order (or backorder it)."""
+        result = orders.create(tenant, order, idempotency_key)
+        headers = {"Location": f"/v1/orders/{result.body['id']}"}
+        if result.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+
+    @router.get("/orders/{order_id}", responses={404: _PROBLEM}, tags=["orders"])
+    def get_order(order_id: str, tenant: Tenant) -> dict[str, Any]:
+        return orders.get(tenant, order_id)
+
+    @router.post("/orders/{order_id}/cancel", responses={404: _PROBLEM, 409: _PROBLEM}, tags=["orders"])
+    def cancel_order(order_id: str, tenant: Tenant, body: CancelIn | None = None) -> dict[str, Any]:
+        """Cancel an order that is not packed yet (holds and label are voided)."""
+        return orders.cancel(tenant, order_id, body)
+
+    @router.post("/products", responses={200: {"description": "updated"}, 201: {"description": "created"}},
+                 tags=["products"])
+    def put_product(product: ProductIn, tenant: Tenant, response: Response) -> dict[str, Any]:
+        """Create or replace a product (by sku)."""
+        created, stored = save_product(engine, tenant.id, product)
+        response.status_code = 201 if created else 200
+        return stored
+
+    @router.post("/inventory/receipts", status_code=201, tags=["inventory"])
+    def post_receipt(receipt: ReceiptIn, tenant: Tenant, response: Response) -> dict[str, Any]:
+        """Book stock in; repeating a ``movement_id`` books nothing and answers 200."""
+        result = receive_stock(engine, tenant.id, receipt)
+        if not result.applied:
+            response.status_code = 200
+        return {"movement_id": str(result.movement_id), "applied": result.applied, "stock": level_dict(result.level)}
+
+    @router.get("/inventory", tags=["inventory"])
+    def get_inventory(
+        tenant: Tenant,
+        sku: Annotated[str | None, Query(max_length=64)] = None,
+        site: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> dict[str, Any]:
+        """on_hand / reserved / available per sku and site, for the caller's tenant."""
+        return {"items": list_stock(engine, tenant.id, sku=sku, site=site)}
+
+    return router
+
+
+def _system_routes(app: FastAPI, engine: Engine) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/healthz")
+    def healthz() -> Response:
+        try:
+            with read_session(engine) as s:
+                s.connection().execute(text("SELECT 1"))
+        except Exception as e:
+            return problem_response(503, "Unhealthy", f"database: {type(e).__name__}")
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    @router.get("/docs", response_class=HTMLResponse)
+    def docs() -> HTMLResponse:
+        """Offline API reference: no CDN, just the OpenAPI document rendered as a list."""
+        spec = app.openapi()
+        rows = []
+        for path, ops in spec.get("paths", {}).items():
+            for method, op in ops.items():
+                summary = op.get("summary", "")
+                desc = (op.get("description") or "").split("\n")[0]
+                rows.append(
+                    f"<tr><td><code>{html.escape(method.upper())}</code></td><td><code>{html.escape(path)}</code></td>"
+                    f"<td>{html.escape(summary)}</td><td>{html.escape(desc)}</td></tr>"
+                )
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>Packline API</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em .8em;vertical-align:top}</style>"
+            f"</head><body><h1>{html.escape(spec['info']['title'])}</h1>"
+            "<p>Authenticate with <code>Authorization: Bearer &lt;api key&gt;</code>. Errors are "
+            "RFC 9457 <code>application/problem+json</code>. The full schema: "
+            "<a href='/openapi.json'>/openapi.json</a>.</p>"
+            f"<table><tr><th>method</th><th>path</th><th>summary</th><th></th></tr>{''.join(rows)}</table>"
+            "</body></html>"
+        )
+        return HTMLResponse(page)
+
+    return router

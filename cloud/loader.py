@@ -1,0 +1,223 @@
+"""Load a directory of JSON seed data (``packline/sample_data`` shape) into the cloud database.
+
+Files read: ``tenants.json``, ``sites.json``, ``products.json``, ``stock.json``, ``packers.json``
+(each optional; any other file is ignored). Everything is checked first and written in ONE
+transaction: a bad record raises :class:`LoadError` naming the file and index, and nothing is
+written.
+
+Re-loading is idempotent:
+
+* tenants, sites, products and packers are upserted (a tenant keeps its webhook secret);
+* every stock row is a receipt movement whose id is derived from (tenant, sku, site, qty), so
+  loading the same file twice books the stock once; a row of qty 0 books nothing;
+* every load issues a NEW API key per tenant and returns it; keys issued before stay valid
+  (revoke them in ``api_keys`` when rotating for real).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.engine import Engine
+
+from cloud import ledger
+from cloud.catalog import ProductIn, upsert_product
+from cloud.db import dialect_insert, write_session
+from cloud.dbtypes import utcnow
+from cloud.errors import CloudError
+from cloud.ids import stable_uuid
+from cloud.models import Packer, Product, Site, Tenant, table
+from cloud.tenants import issue_api_key, new_webhook_secret, normalise_vat_id
+
+__all__ = ["FILES", "LoadError", "load_dir"]
+
+FILES = ("tenants.json", "sites.json", "products.json", "stock.json", "packers.json")
+_TENANTS = table(Tenant)
+_SITES = table(Site)
+_PRODUCTS = table(Product)
+_PACKERS = table(Packer)
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class LoadError(CloudError):
+    """A seed file that cannot be loaded; names the file and the record index."""
+
+    status = 422
+    title = "Seed data is not valid"
+
+    def __init__(self, file: str, index: int | None, detail: str) -> None:
+        where = f"{file}[{index}]" if index is not None else file
+        super().__init__(f"{where}: {detail}")
+        self.file = file
+        self.index = index
+
+
+class TenantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str = Field(min_length=1, max_length=200)
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+    vat_id: str | None = None
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+
+
+class SiteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    name: str = Field(min_length=1)
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+    postal_code: str
+    city: str
+    street: str
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    timezone: str
+    cutoffs: dict[str, str] = Field(default_factory=dict)
+    licences: list[str] = Field(default_factory=list)
+
+
+class StockIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    sku: str
+    site: str
+    qty: int = Field(ge=0)
+    bin: str | None = None
+
+
+class PackerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    badge: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1)
+    site: str
+    language: str | None = None
+
+
+class ProductRecord(ProductIn):
+    tenant: str  # required in the seed file
+
+
+def _read(path: Path, name: str, model: type[_M]) -> list[_M]:
+    file = path / name
+    if not file.exists():
+        return []
+    try:
+        raw = json.loads(file.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LoadError(name, None, f"cannot read JSON: {e}") from None
+    if not isinstance(raw, list):
+        raise LoadError(name, None, "must be a JSON array of objects")
+    out: list[_M] = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(model.model_validate(item))
+        except ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise LoadError(name, i, f"{loc}: {first['msg']}" if loc else first["msg"]) from None
+    return out
+
+
+def _check_unique(name: str, keys: Sequence[tuple[str, ...]]) -> None:
+    seen: dict[tuple[str, ...], int] = {}
+    for i, key in enumerate(keys):
+        if key in seen:
+            raise LoadError(name, i, f"duplicate of record {seen[key]} ({'/'.join(key)})")
+        seen[key] = i
+
+
+def load_dir(engine: Engine, path: str | Path, *, webhook_secret_bytes: int = 24) -> dict[str, dict[str, Any]]:
+    """Load the seed files in ``path``; returns ``{tenant_id: {"api_key": ..., "webhook_secret": ...}}``
+    for every tenant of ``tenants.json`` (the key in clear, shown once). New tenants get a webhook
+    secret of ``webhook_secret_bytes`` random bytes (``Settings.signing_secret_bytes``)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise LoadError(str(root), None, "not a directory")
+    tenants = _read(root, "tenants.json", TenantIn)
+    sites = _read(root, "sites.json", SiteIn)
+    products = _read(root, "products.json", ProductRecord)
+    stock = _read(root, "stock.json", StockIn)
+    packers = _read(root, "packers.json", PackerIn)
+    _check_unique("tenants.json", [(t.id,) for t in tenants])
+    _check_unique("sites.json", [(s.id,) for s in sites])
+    _check_unique("products.json", [(p.tenant, p.sku) for p in products])
+    _check_unique("packers.json", [(p.badge,) for p in packers])
+    vat_ids: dict[str, str | None] = {}
+    for i, t in enumerate(tenants):
+        try:
+            vat_ids[t.id] = normalise_vat_id(t.vat_id) if t.vat_id else None
+        except ValueError as e:
+            raise LoadError("tenants.json", i, str(e)) from None
+
+    out: dict[str, dict[str, Any]] = {}
+    with write_session(engine) as s:
+        conn = s.connection()
+        known_tenants = {r[0] for r in conn.execute(sa.select(_TENANTS.c.id))} | {t.id for t in tenants}
+        known_sites = {r[0] for r in conn.execute(sa.select(_SITES.c.id))} | {x.id for x in sites}
+        for i, p in enumerate(products):
+            if p.tenant not in known_tenants:
+                raise LoadError("products.json", i, f"unknown tenant {p.tenant!r}")
+        for i, pk in enumerate(packers):
+            if pk.site not in known_sites:
+                raise LoadError("packers.json", i, f"unknown site {pk.site!r}")
+
+        for t in tenants:
+            secret = conn.execute(sa.select(_TENANTS.c.webhook_secret).where(_TENANTS.c.id == t.id)).scalar()
+            secret = secret or new_webhook_secret(webhook_secret_bytes)
+            ins = dialect_insert(conn, _TENANTS).values(
+                id=t.id, name=t.name, country=t.country, vat_id=vat_ids[t.id], webhook_url=t.webhook_url,
+                webhook_secret=secret, created_at=utcnow(),
+            )
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={k: ins.excluded[k] for k in ("name", "country", "vat_id", "webhook_url")},
+                )
+            )
+            out[t.id] = {"api_key": issue_api_key(s, t.id), "webhook_secret": secret}
+        for x in sites:
+            values = x.model_dump()
+            ins = dialect_insert(conn, _SITES).values(**values)
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["id"], set_={k: ins.excluded[k] for k in values if k != "id"}
+                )
+            )
+        for p in products:
+            upsert_product(s, p.tenant, p)
+        for pk in packers:
+            values = pk.model_dump()
+            ins = dialect_insert(conn, _PACKERS).values(**values)
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["badge"], set_={k: ins.excluded[k] for k in values if k != "badge"}
+                )
+            )
+        known_products = {(r[0], r[1]) for r in conn.execute(sa.select(_PRODUCTS.c.tenant, _PRODUCTS.c.sku))}
+        for i, row in enumerate(stock):
+            if (row.tenant, row.sku) not in known_products:
+                raise LoadError("stock.json", i, f"unknown product {row.tenant}/{row.sku}")
+            if row.site not in known_sites:
+                raise LoadError("stock.json", i, f"unknown site {row.site!r}")
+            if row.qty == 0:
+                continue
+            ledger.receive(
+                s,
+                tenant=row.tenant,
+                sku=row.sku,
+                site=row.site,
+                qty=row.qty,
+                bin=row.bin,
+                movement_id=stable_uuid("seed-stock", row.tenant, row.sku, row.site, str(row.qty)),
+                reason="seed stock",
+            )
+    return out

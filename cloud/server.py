@@ -1,0 +1,193 @@
+"""The cloud process's composition root: API (uvicorn) + MQTT ingest + webhook delivery.
+
+``packline cloud serve`` and the demo both build a :class:`CloudServer`; tests can too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session
+
+from cloud.api.app import create_app
+from cloud.db import make_engine, upgrade
+from cloud.ingest import SqlCloudStore
+from cloud.ledger.store import check_invariants
+from cloud.loader import load_dir
+from cloud.models import Order
+from cloud.webhooks import WebhookDispatcher
+from sync.link import Bus, CloudLink
+from sync.mqtt import PahoBus
+from sync.settings import Settings, parse_mqtt_url
+
+__all__ = ["CloudProcess", "CloudServer", "load_folder", "migrate", "serve"]
+
+log = logging.getLogger("packline.cloud")
+
+
+def migrate(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def load_folder(database_url: str, folder: Path) -> dict[str, dict[str, Any]]:
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+        return load_dir(engine, folder)
+    finally:
+        engine.dispose()
+
+
+class CloudProcess:
+    """The cloud's moving parts on a given engine and bus: API app, MQTT ingest, webhook delivery.
+    No network listener of its own (tests drive ``app`` with TestClient)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine,
+        bus: Bus,
+        shared_group: str | None = None,
+        webhook_interval_s: float = 0.2,
+        migrate: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.bus = bus
+        self.store = SqlCloudStore(engine)
+        self.link = CloudLink(bus=bus, store=self.store, shared_group=shared_group)
+        self.app = create_app(settings, engine=engine, on_feed=self.link.notify_feed, migrate=migrate)
+        self.http = httpx.Client(timeout=settings.webhook_timeout_s)
+        self.webhooks = WebhookDispatcher(engine, self.http, base_delay_s=1.0)
+        self.webhook_interval_s = webhook_interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> CloudProcess:
+        self.link.start()
+        self._thread = threading.Thread(
+            target=lambda: self.webhooks.run_forever(self._stop, self.webhook_interval_s),
+            name="packline-cloud-webhooks", daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def drain_webhooks(self, timeout_s: float) -> None:
+        """Deliver what is due now (the demo waits for its receiver before summarising)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.webhooks.deliver_due():
+            pass
+
+    def ledger_problems(self) -> list[str]:
+        with Session(self.engine) as s:
+            return check_invariants(s)
+
+    def is_empty(self) -> bool:
+        with Session(self.engine) as s:
+            return int(s.execute(select(func.count()).select_from(Order)).scalar_one()) == 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.link.stop()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.http.close()
+
+
+class CloudServer:
+    """``CloudProcess`` + a real listener (uvicorn) + a paho MQTT connection: start() / stop()."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        database_url: str,
+        mqtt_url: str,
+        protocol: int = 5,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        client_id: str = "packline-cloud",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.engine: Engine = make_engine(database_url)
+        upgrade(self.engine)
+        self.bus = PahoBus(parse_mqtt_url(mqtt_url), client_id, protocol=protocol)
+        self.process = CloudProcess(settings, engine=self.engine, bus=self.bus,
+                                    shared_group="cloud" if protocol == 5 else None, migrate=False)
+        self._uvicorn: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def database_kind(self) -> str:
+        return self.engine.dialect.name
+
+    def start(self, *, wait_s: float = 15.0) -> None:
+        config = uvicorn.Config(self.process.app, host=self.host, port=self.port, log_level="warning",
+                                access_log=False, lifespan="on")
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._uvicorn.run, name="packline-cloud-api", daemon=True)
+        self._thread.start()
+        self.process.start()
+        self.bus.start()
+        deadline = time.monotonic() + wait_s
+        while not self._uvicorn.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise ConnectionError(f"the API did not start on {self.api_url}")
+            time.sleep(0.02)
+        if not self.bus.wait_connected(max(0.1, deadline - time.monotonic())):
+            raise ConnectionError(f"no connection to the MQTT broker at {self.bus.url}: {self.bus.last_error}")
+
+    def load_dir(self, folder: Path) -> dict[str, dict[str, Any]]:
+        return load_dir(self.engine, folder)
+
+    def stop(self) -> None:
+        if self._uvicorn:
+            self._uvicorn.should_exit = True
+        self.process.stop()
+        with contextlib.suppress(Exception):
+            self.bus.stop()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.engine.dispose()
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    """``packline cloud serve``: run until interrupted; start a private broker if none is configured."""
+    from sync.broker import start_default_broker
+
+    broker = None
+    mqtt_url, protocol = settings.mqtt_url, 5
+    if not mqtt_url:
+        broker = start_default_broker(settings.data_dir / "broker")
+        mqtt_url, protocol = broker.url, broker.protocol
+        log.warning("no PACKLINE_MQTT_URL: started a broker at %s for this process", mqtt_url)
+    server = CloudServer(settings, database_url=settings.cloud_database_url(), mqtt_url=mqtt_url,
+                         protocol=protocol, host=host, port=port)
+    try:
+        server.start()
+        log.warning("API on %s (OpenAPI at %s/openapi.json); MQTT ingest on %s", server.api_url, server.api_url,
+                    mqtt_url)
+        while True:
+            time.sleep(3600)
+    finally:
+        server.stop()
+        if broker:
+            broker.stop()

@@ -1,0 +1,336 @@
+"""The cloud API end to end through FastAPI's TestClient, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+
+from cloud import ledger
+from cloud.api import create_app
+from cloud.carriers import is_valid_s10
+from cloud.db import make_engine, read_session, upgrade
+from cloud.ingest import SqlCloudStore
+from cloud.loader import load_dir
+from sync import contract as c
+from sync.settings import Settings
+from tests.support import SAMPLE_DATA
+
+ORDERS: list[dict[str, Any]] = json.loads((SAMPLE_DATA / "orders.json").read_text("utf-8"))
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class Api:
+    engine: Engine
+    client: TestClient
+    keys: dict[str, dict[str, Any]]
+    feed_calls: list[int]
+
+    def auth(self, tenant: str = "acme-outdoor") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[tenant]['api_key']}"}
+
+    def post_order(self, order: dict[str, Any], **headers: str) -> Any:
+        return self.client.post("/v1/orders", json=order, headers={**self.auth(order["tenant"]), **headers})
+
+    def count(self, table: str) -> int:
+        with read_session(self.engine) as s:
+            return int(s.connection().execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+    def invariants(self) -> list[str]:
+        with read_session(self.engine) as s:
+            return ledger.check_invariants(s)
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    keys = load_dir(engine, SAMPLE_DATA)
+    calls: list[int] = []
+    app = create_app(Settings(data_dir=tmp_path), engine=engine, on_feed=lambda: calls.append(1))
+    yield Api(engine, TestClient(app), keys, calls)
+    engine.dispose()
+
+
+def order(external_id: str) -> dict[str, Any]:
+    return copy.deepcopy(next(o for o in ORDERS if o["external_id"] == external_id))
+
+
+def feed_envelopes(engine: Engine) -> list[c.Envelope]:
+    return [c.decode(e.payload) for e in SqlCloudStore(engine).unpublished_feed(1000)]
+
+
+# --- happy path -----------------------------------------------------------------------------------
+def test_every_sample_order_is_released_from_the_nearest_site(api: Api) -> None:
+    bodies = {}
+    for o in ORDERS:
+        r = api.post_order(o)
+        assert r.status_code == 201, r.text
+        assert r.headers["location"] == f"/v1/orders/{r.json()['id']}"
+        bodies[o["external_id"]] = r.json()
+    assert {b["status"] for b in bodies.values()} == {"released"}
+    sites = {k: b["site"] for k, b in bodies.items()}
+    assert sites["ACME-10001"] == "DE-LEJ"  # Berlin
+    assert sites["ACME-10002"] == "PL-POZ"  # Warsaw
+    assert sites["ACME-10004"] == "NL-VNL"  # Paris: Venlo is nearer than Leipzig
+    assert sites["ACME-10006"] == "DE-LEJ"  # only Leipzig has the headlamp
+    assert sites["NT-5005"] == "NL-VNL"  # the case SKU is stocked in Venlo only
+    for b in bodies.values():
+        assert b["id"].startswith("ord_")
+        assert is_valid_s10(b["shipment"]["tracking_number"])
+    assert len({b["shipment"]["tracking_number"] for b in bodies.values()}) == len(ORDERS)
+    assert bodies["ACME-10002"]["ship_to"]["phone"] == "+48221234567"  # normalised to E.164
+
+    envs = feed_envelopes(api.engine)
+    assert [e.type for e in envs] == [c.ORDER_RELEASED] * len(ORDERS)
+    for site in {e.site for e in envs}:  # gap-free per site
+        assert [e.seq for e in envs if e.site == site] == list(range(1, 1 + sum(e.site == site for e in envs)))
+    released = {e.body["external_id"]: c.parse_body(e, c.OrderReleasedBody) for e in envs}
+    for ext in ("ACME-10005", "ACME-10006", "NT-5004"):  # CH, GB, NO: customs declaration on the label
+        zpl = released[ext].label.zpl
+        assert "CUSTOMS DECLARATION CN 22" in zpl
+        for line in released[ext].lines:
+            hs = json.loads((SAMPLE_DATA / "products.json").read_text("utf-8"))
+            assert next(p["hs_code"] for p in hs if p["sku"] == line.sku) in zpl
+    assert "CN 22" not in released["ACME-10001"].label.zpl
+    tea = released["NT-5001"].lines[0]
+    assert tea.gtins == ["07310001234568"] and tea.lot_tracked and tea.bin == "A-02-3"
+    assert released["ACME-10001"].expected_weight_g == 2150 + 2 * 95
+    assert api.feed_calls  # the publisher was told after each commit
+    assert api.invariants() == []
+
+    got = api.client.get(f"/v1/orders/{bodies['ACME-10001']['id']}", headers=api.auth())
+    assert got.status_code == 200 and got.json() == bodies["ACME-10001"]
+    inv = api.client.get("/v1/inventory", params={"sku": "TENT-2P-GRN", "site": "DE-LEJ"}, headers=api.auth())
+    assert inv.json()["items"] == [
+        {"sku": "TENT-2P-GRN", "site": "DE-LEJ", "on_hand": 40, "reserved": 2, "available": 38, "bin": "A-01-2"}
+    ]
+
+
+def test_loading_twice_does_not_double_stock_and_old_keys_stay_valid(api: Api) -> None:
+    again = load_dir(api.engine, SAMPLE_DATA)
+    assert again["acme-outdoor"]["api_key"] != api.keys["acme-outdoor"]["api_key"]
+    assert again["acme-outdoor"]["webhook_secret"] == api.keys["acme-outdoor"]["webhook_secret"]
+    for key in (again["acme-outdoor"]["api_key"], api.keys["acme-outdoor"]["api_key"]):
+        r = api.client.get("/v1/inventory", params={"sku": "TENT-2P-GRN"}, headers={"Authorization": f"Bearer {key}"})
+        assert [i["on_hand"] for i in r.json()["items"]] == [40, 5]
+    assert api.invariants() == []
+
+
+def test_out_of_stock_is_backordered_without_reservation_or_label(api: Api) -> None:
+    o = order("ACME-10001")
+    o["external_id"] = "ACME-BIG"
+    o["lines"] = [{"sku": "TENT-2P-GRN", "qty": 41}]  # 40 in Leipzig, 5 in Poznań: no single site
+    r = api.post_order(o)
+    assert r.status_code == 201
+    body = r.json()
+    assert body["status"] == "backordered" and body["site"] is None and body["shipment"] is None
+    assert "no site" in body["reason"]
+    assert api.count("holds") == 0 and api.count("shipments") == 0 and api.count("feed") == 0
+
+
+# --- idempotency -------------------------------------------------------------------------------------
+def test_idempotency_key_replays_the_first_response(api: Api) -> None:
+    o = order("ACME-10001")
+    first = api.post_order(o, **{"Idempotency-Key": "k-1"})
+    assert first.status_code == 201
+    again = api.post_order(dict(reversed(list(o.items()))), **{"Idempotency-Key": "k-1"})  # same body, other order
+    assert again.status_code == 201 and again.json() == first.json()
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert api.count("orders") == 1 and api.count("holds") == 2 and api.count("feed") == 1
+
+    changed = copy.deepcopy(o)
+    changed["lines"][0]["qty"] = 2
+    r = api.post_order(changed, **{"Idempotency-Key": "k-1"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM)
+    assert r.json()["detail"] == "idempotency key reused with a different request"
+    assert api.count("orders") == 1
+
+
+def test_duplicate_external_id_is_a_conflict(api: Api) -> None:
+    assert api.post_order(order("ACME-10001")).status_code == 201
+    r = api.post_order(order("ACME-10001"))
+    assert r.status_code == 409 and r.headers["content-type"].startswith(PROBLEM)
+    assert r.json()["errors"][0]["pointer"] == "/external_id"
+    assert api.count("orders") == 1
+
+
+# --- validation ---------------------------------------------------------------------------------------
+def _pointers(r: Any) -> dict[str, str]:
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    return {e.get("pointer", e.get("parameter")): e["code"] for e in r.json()["errors"]}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "pointer", "code"),
+    [
+        (lambda o: o["ship_to"].update(postal_code="1234"), "/ship_to/postal_code", "invalid_postal_code"),
+        (lambda o: o["lines"][1].update(sku="NO-SUCH-SKU"), "/lines/1/sku", "unknown_sku"),
+        (lambda o: o["lines"][0].update(qty=0), "/lines/0/qty", "greater_than"),
+        (lambda o: o["ship_to"].pop("street"), "/ship_to/street", "required"),
+        (lambda o: o.update(tenant="nordic-tea"), "/tenant", "tenant_mismatch"),
+        (lambda o: o.update(colour="red"), "/colour", "extra_forbidden"),
+        (lambda o: o.update(lines=[]), "/lines", "too_short"),
+    ],
+)
+def test_bad_orders_get_pointed_problems_and_write_nothing(api: Api, mutate: Any, pointer: str, code: str) -> None:
+    o = order("ACME-10001")
+    mutate(o)
+    r = api.client.post("/v1/orders", json=o, headers=api.auth())
+    assert _pointers(r).get(pointer) == code, r.json()
+    assert api.count("orders") == 0 and api.count("holds") == 0 and api.count("feed") == 0
+
+
+def test_missing_customs_data_is_refused(api: Api) -> None:
+    product = {"sku": "NO-HS", "name": "Mystery box", "gtins": ["4006381333986"], "weight_g": 500,
+               "origin": "DE", "value": "10.00", "currency": "EUR"}
+    assert api.client.post("/v1/products", json=product, headers=api.auth()).status_code == 201
+    receipt = {"sku": "NO-HS", "site": "DE-LEJ", "qty": 5}
+    assert api.client.post("/v1/inventory/receipts", json=receipt, headers=api.auth()).status_code == 201
+    o = order("ACME-10005")  # to Bern: outside the EU customs union
+    o["lines"] = [{"sku": "TENT-2P-GRN", "qty": 1}, {"sku": "NO-HS", "qty": 1}]
+    assert _pointers(api.post_order(o)) == {"/lines/1/sku": "missing_hs_code"}
+    o["ship_to"] = order("ACME-10001")["ship_to"]  # Berlin: no declaration needed
+    assert api.post_order(o).json()["status"] == "released"
+
+
+def test_malformed_json_is_a_problem(api: Api) -> None:
+    r = api.client.post("/v1/orders", content=b"{nope", headers={**api.auth(), "content-type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM)
+    assert r.json()["errors"][0]["code"] == "json_invalid"
+
+
+# --- auth ------------------------------------------------------------------------------------------------
+def test_requests_need_a_valid_api_key(api: Api) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic Zm9vOmJhcg=="}):
+        r = api.client.get("/v1/inventory", headers=headers)
+        assert r.status_code == 401, headers
+        assert r.headers["content-type"].startswith(PROBLEM)
+        assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_other_tenants_orders_are_not_found(api: Api) -> None:
+    oid = api.post_order(order("NT-5001")).json()["id"]
+    r = api.client.get(f"/v1/orders/{oid}", headers=api.auth("acme-outdoor"))
+    assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM)
+    assert api.client.post(f"/v1/orders/{oid}/cancel", headers=api.auth("acme-outdoor")).status_code == 404
+    assert api.client.get(f"/v1/orders/{oid}", headers=api.auth("nordic-tea")).status_code == 200
+    tea = api.client.get("/v1/inventory", headers=api.auth("acme-outdoor")).json()["items"]
+    assert not any(i["sku"].startswith("TEA") for i in tea)
+
+
+# --- cancel ----------------------------------------------------------------------------------------------
+def test_cancel_before_packing_voids_holds_label_and_tells_the_site(api: Api) -> None:
+    created = api.post_order(order("ACME-10001")).json()
+    r = api.client.post(f"/v1/orders/{created['id']}/cancel", json={"reason": "customer changed mind"},
+                        headers=api.auth())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "cancelled" and body["reason"] == "customer changed mind"
+    assert body["shipment"]["voided"] is True
+    inv = api.client.get("/v1/inventory", params={"site": "DE-LEJ"}, headers=api.auth()).json()["items"]
+    assert all(i["reserved"] == 0 for i in inv)
+    envs = feed_envelopes(api.engine)
+    assert [(e.type, e.site, e.seq) for e in envs] == [(c.ORDER_RELEASED, "DE-LEJ", 1), (c.ORDER_CANCELLED, "DE-LEJ", 2)]
+    assert envs[1].body["order_id"] == created["id"]
+    again = api.client.post(f"/v1/orders/{created['id']}/cancel", headers=api.auth())
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    assert api.invariants() == []
+
+
+def test_cancel_after_shipping_is_a_conflict(api: Api) -> None:
+    created = api.post_order(order("ACME-10002")).json()
+    packed = c.OrderPackedBody(
+        order_id=created["id"],
+        lines=[c.PackedLine(sku="SOCK-MW-42", qty=3, gtin="05901234123457")],
+        tracking_number=created["shipment"]["tracking_number"],
+        packed_at=c.utcnow(),
+    )
+    env = c.new_envelope(c.ORDER_PACKED, site="PL-POZ", seq=1, body=packed, tenant="acme-outdoor", station="ST-1")
+    assert SqlCloudStore(api.engine).apply_station_event(env).status == "applied"
+    r = api.client.post(f"/v1/orders/{created['id']}/cancel", headers=api.auth())
+    assert r.status_code == 409 and r.headers["content-type"].startswith(PROBLEM)
+    assert api.client.get(f"/v1/orders/{created['id']}", headers=api.auth()).json()["status"] == "shipped"
+
+
+# --- products and inventory -----------------------------------------------------------------------------
+def test_product_upsert_and_gtin_check_digits(api: Api) -> None:
+    product = {"sku": "BOTTLE-1L", "name": "Bottle 1 l", "gtins": ["4006381333986"], "weight_g": 180}
+    r = api.client.post("/v1/products", json=product, headers=api.auth())
+    assert r.status_code == 201 and r.json()["gtins"] == ["04006381333986"]
+    r = api.client.post("/v1/products", json={**product, "name": "Bottle 1 litre"}, headers=api.auth())
+    assert r.status_code == 200 and r.json()["name"] == "Bottle 1 litre"
+    bad = api.client.post("/v1/products", json={**product, "gtins": ["4006381333987"]}, headers=api.auth())
+    assert "/gtins/0" in _pointers(bad)
+    other = api.client.post("/v1/products", json={**product, "tenant": "nordic-tea"}, headers=api.auth())
+    assert _pointers(other) == {"/tenant": "tenant_mismatch"}
+
+
+def test_receipts_are_idempotent_by_movement_id(api: Api) -> None:
+    mid = str(uuid.uuid4())
+    receipt = {"sku": "GAS-230", "site": "DE-LEJ", "qty": 10, "movement_id": mid}
+    first = api.client.post("/v1/inventory/receipts", json=receipt, headers=api.auth())
+    assert first.status_code == 201 and first.json()["applied"] is True
+    assert first.json()["stock"]["on_hand"] == 110
+    second = api.client.post("/v1/inventory/receipts", json=receipt, headers=api.auth())
+    assert second.status_code == 200 and second.json()["applied"] is False
+    assert second.json()["stock"]["on_hand"] == 110
+    bad = api.client.post("/v1/inventory/receipts", json={**receipt, "sku": "TEA-EG-100", "site": "XX"},
+                          headers=api.auth())
+    assert _pointers(bad) == {"/sku": "unknown_sku", "/site": "unknown_site"}  # another tenant's sku
+    assert api.invariants() == []
+
+
+# --- the rest of the surface ------------------------------------------------------------------------------
+def test_docs_openapi_health_and_unknown_routes(api: Api) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+    spec = api.client.get("/openapi.json").json()
+    assert "/v1/orders" in spec["paths"] and "/v1/inventory/receipts" in spec["paths"]
+    docs = api.client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text and "cdn" not in docs.text.lower()
+    assert "/v1/orders/{order_id}/cancel" in docs.text
+    r = api.client.get("/v1/nothing-here", headers=api.auth())
+    assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM)
+
+
+def test_carrier_failure_is_a_retryable_problem_and_writes_nothing(db_url: str, tmp_path: Path) -> None:
+    from cloud.carriers import SandboxCarrier
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    keys = load_dir(engine, SAMPLE_DATA)
+    client = TestClient(create_app(Settings(data_dir=tmp_path), engine=engine, carrier=SandboxCarrier(fail_rate=1.0)))
+    try:
+        o = order("ACME-10001")
+        r = client.post("/v1/orders", json=o, headers={"Authorization": f"Bearer {keys['acme-outdoor']['api_key']}",
+                                                        "Idempotency-Key": "retry-me"})
+        assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+        assert r.headers["retry-after"] == "5"
+        with read_session(engine) as s:
+            conn = s.connection()
+            for table in ("orders", "holds", "shipments", "feed", "idempotency_keys"):
+                assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one() == 0, table
+            assert ledger.check_invariants(s) == []
+    finally:
+        engine.dispose()
+
+
+def test_cancel_a_backordered_order(api: Api) -> None:
+    o = order("ACME-10001")
+    o["lines"] = [{"sku": "GAS-230", "qty": 1000}]
+    created = api.post_order(o).json()
+    assert created["status"] == "backordered"
+    r = api.client.post(f"/v1/orders/{created['id']}/cancel", headers=api.auth())
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["shipment"] is None
+    assert api.count("feed") == 0  # no site was ever told about it
