@@ -28,6 +28,7 @@ __all__ = [
     "new_api_key",
     "new_webhook_secret",
     "normalise_vat_id",
+    "webhook_endpoint",
 ]
 
 API_KEY_PREFIX = "pl_"
@@ -74,6 +75,16 @@ def issue_api_key(session: Session, tenant: str) -> str:
     key = new_api_key()
     session.connection().execute(sa.insert(_KEYS).values(key_hash=hash_api_key(key), tenant=tenant, created_at=utcnow()))
     return key
+
+
+def webhook_endpoint(session: Session, tenant: str, url: str | None = None, *, set_url: bool = False) -> dict[str, str | None]:
+    """The tenant's webhook endpoint ``{"url", "secret"}``; with ``set_url`` it points it at ``url``
+    (``None`` turns delivery off). The signing secret is kept, so receivers need no new secret."""
+    conn = session.connection()
+    if set_url:
+        conn.execute(sa.update(_TENANTS).where(_TENANTS.c.id == tenant).values(webhook_url=url))
+    row = conn.execute(sa.select(_TENANTS.c.webhook_url, _TENANTS.c.webhook_secret).where(_TENANTS.c.id == tenant)).one()
+    return {"url": row[0], "secret": row[1]}
 
 
 def authenticate(session: Session, api_key: str) -> TenantContext | None:

@@ -139,7 +139,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     database_url = opts.database_url or settings.database_url or f"sqlite:///{demo_dir / 'cloud.db'}"
 
-    with contextlib.ExitStack() as stack, _broker(opts, demo_dir / "broker") as (mqtt_url, protocol):
+    with _broker(opts, demo_dir / "broker") as (mqtt_url, protocol), contextlib.ExitStack() as stack:
         cloud = CloudServer(settings, database_url=database_url, mqtt_url=mqtt_url, protocol=protocol,
                             port=free_port(), client_id=f"packline-cloud-demo-{run_id}")
         stack.callback(cloud.stop)

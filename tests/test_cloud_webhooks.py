@@ -230,3 +230,16 @@ def test_cancel_sends_order_cancelled(shop: Shop, receiver: Receiver) -> None:
         assert WebhookDispatcher(shop.engine, http).deliver_due() == 2
     types = [json.loads(body)["type"] for _h, body, ok in receiver.received if ok]
     assert sorted(types) == ["order.cancelled", "order.released"]
+
+
+def test_a_merchant_points_webhooks_at_an_endpoint_through_the_api(shop: Shop) -> None:
+    got = shop.client.get("/v1/webhook", headers=shop.auth).json()
+    assert got["secret"] == shop.secret
+    r = shop.client.put("/v1/webhook", json={"url": "https://shop.example/hooks"}, headers=shop.auth)
+    assert r.status_code == 200
+    assert r.json() == {"url": "https://shop.example/hooks", "secret": shop.secret}  # secret kept
+    bad = shop.client.put("/v1/webhook", json={"url": "ftp://x"}, headers=shop.auth)
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
+    assert shop.client.get("/v1/webhook", headers=shop.auth).json()["url"] == "https://shop.example/hooks"
+    assert shop.client.put("/v1/webhook", json={"url": None}, headers=shop.auth).json()["url"] is None
+    assert shop.client.get("/v1/webhook").status_code == 401

@@ -18,23 +18,30 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from cloud.api.problems import install_problem_handlers, problem_response
 from cloud.carriers import Carrier, SandboxCarrier
 from cloud.catalog import ProductIn, save_product
-from cloud.db import make_engine, read_session, upgrade
+from cloud.db import make_engine, read_session, upgrade, write_session
 from cloud.errors import Unauthorized
 from cloud.inventory import ReceiptIn, level_dict, list_stock, receive_stock
 from cloud.orders import CancelIn, OrderIn, OrderService
 from cloud.serials import SerialSource
-from cloud.tenants import TenantContext, authenticate
+from cloud.tenants import TenantContext, authenticate, webhook_endpoint
 from sync.settings import Settings
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 MAX_BODY_BYTES = 1_000_000
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(max_length=2000, pattern=r"^https?://[^\s]+$")
+
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="apiKey", description="Authorization: Bearer <api key>")
 _PROBLEM = {"description": "problem details (RFC 9457)", "content": {"application/problem+json": {}}}
@@ -138,6 +145,19 @@ def _v1_routes(engine: Engine, orders: OrderService) -> APIRouter:
         if not result.applied:
             response.status_code = 200
         return {"movement_id": str(result.movement_id), "applied": result.applied, "stock": level_dict(result.level)}
+
+    @router.get("/webhook", tags=["webhooks"])
+    def get_webhook(tenant: Tenant) -> dict[str, Any]:
+        """Where order events are POSTed, and the Standard Webhooks secret that signs them."""
+        with read_session(engine) as s:
+            return webhook_endpoint(s, tenant.id)
+
+    @router.put("/webhook", tags=["webhooks"])
+    def put_webhook(body: WebhookIn, tenant: Tenant) -> dict[str, Any]:
+        """Point order events (order.released, order.shipped, order.cancelled) at ``url``;
+        ``null`` stops delivery. The signing secret does not change."""
+        with write_session(engine) as s:
+            return webhook_endpoint(s, tenant.id, body.url, set_url=True)
 
     @router.get("/inventory", tags=["inventory"])
     def get_inventory(
