@@ -22,7 +22,7 @@ from cloud.db import make_engine, upgrade
 from cloud.ingest import SqlCloudStore
 from cloud.ledger.store import check_invariants
 from cloud.loader import load_dir
-from cloud.models import Order
+from cloud.models import Order, WebhookDelivery
 from cloud.webhooks import WebhookDispatcher
 from sync.link import Bus, CloudLink
 from sync.mqtt import PahoBus
@@ -85,11 +85,25 @@ class CloudProcess:
         self._thread.start()
         return self
 
-    def drain_webhooks(self, timeout_s: float) -> None:
-        """Deliver what is due now (the demo waits for its receiver before summarising)."""
+    def undelivered_webhooks(self) -> int:
+        """Messages still to be attempted (not delivered, not given up)."""
+        with Session(self.engine) as s:
+            return int(s.execute(
+                select(func.count()).select_from(WebhookDelivery).where(
+                    WebhookDelivery.delivered_at.is_(None),  # type: ignore[union-attr]
+                    WebhookDelivery.next_attempt_at.is_not(None),  # type: ignore[union-attr]
+                )
+            ).scalar_one())
+
+    def drain_webhooks(self, timeout_s: float) -> bool:
+        """Wait until every webhook message is delivered or given up (the demo summarises after)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.webhooks.deliver_due():
-            pass
+        while time.monotonic() < deadline:
+            self.webhooks.deliver_due()
+            if self.undelivered_webhooks() == 0:
+                return True
+            time.sleep(0.05)
+        return False
 
     def ledger_problems(self) -> list[str]:
         with Session(self.engine) as s:
@@ -125,7 +139,9 @@ class CloudServer:
         self.port = port
         self.engine: Engine = make_engine(database_url)
         upgrade(self.engine)
-        self.bus = PahoBus(parse_mqtt_url(mqtt_url), client_id, protocol=protocol)
+        # no persistent session: with a shared subscription a dead worker's session would hoard
+        # its share of events; the stations' outboxes resend whatever was in flight
+        self.bus = PahoBus(parse_mqtt_url(mqtt_url), client_id, protocol=protocol, persistent=False)
         self.process = CloudProcess(settings, engine=self.engine, bus=self.bus,
                                     shared_group="cloud" if protocol == 5 else None, migrate=False)
         self._uvicorn: uvicorn.Server | None = None
@@ -174,7 +190,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     from sync.broker import start_default_broker
 
     broker = None
-    mqtt_url, protocol = settings.mqtt_url, 5
+    mqtt_url, protocol = settings.mqtt_url, settings.mqtt_protocol
     if not mqtt_url:
         broker = start_default_broker(settings.data_dir / "broker")
         mqtt_url, protocol = broker.url, broker.protocol

@@ -30,7 +30,7 @@ class UsageError(Exception):
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("data_dir", "database_url", "mqtt_url"):
+    for name in ("data_dir", "database_url", "mqtt_url", "mqtt_protocol"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -47,6 +47,8 @@ def _add_common(p: argparse.ArgumentParser, *, db: bool = True, mqtt: bool = Tru
     if mqtt:
         p.add_argument("--mqtt", dest="mqtt_url", metavar="URL",
                        help="mqtt[s]://[user:pass@]host:port (env PACKLINE_MQTT_URL); default: start a broker")
+        p.add_argument("--mqtt-protocol", type=int, choices=(5, 311), default=None,
+                       help="MQTT version of that broker: 5 (default) or 311 (env PACKLINE_MQTT_PROTOCOL)")
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -114,6 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out=args.out,
         orders=args.orders,
         mqtt_url=args.mqtt_url or settings.mqtt_url,
+        mqtt_protocol=args.mqtt_protocol or settings.mqtt_protocol,
         database_url=args.database_url or settings.database_url,
         sample_dir=args.sample_dir or SAMPLE_DATA,
         timeout_s=args.timeout or (120.0 if args.orders is None else 60.0 + args.orders * 0.5),
@@ -194,7 +197,7 @@ def cmd_station(args: argparse.Namespace) -> int:
         return EXIT_OK
     from packline.wiring import run_station_app
 
-    return run_station_app(settings.data_dir, args.station_id)
+    return run_station_app(settings.data_dir, args.station_id, settings.mqtt_protocol)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ class DemoOptions:
     out: Path | None = None
     orders: int | None = None  # None: the sample orders once; N: a load run of N orders
     mqtt_url: str | None = None
+    mqtt_protocol: int = 5  # of the broker at mqtt_url (3.1.1 = 311)
     database_url: str | None = None
     sample_dir: Path = SAMPLE_DATA
     timeout_s: float = 120.0
@@ -105,7 +106,7 @@ def _load(sample_dir: Path, name: str) -> list[dict[str, Any]]:
 def _broker(opts: DemoOptions, folder: Path) -> Iterator[tuple[str, int]]:
     if opts.mqtt_url:
         parse_mqtt_url(opts.mqtt_url)  # clear error for a bad URL before anything starts
-        yield opts.mqtt_url, 5
+        yield opts.mqtt_url, opts.mqtt_protocol
         return
     broker: RunningBroker = start_default_broker(folder)
     log.info("broker: %s (MQTT %s)", broker.url, "5" if broker.protocol == 5 else "3.1.1")

@@ -58,7 +58,8 @@ class SimulatedPacker:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -96,7 +97,7 @@ class DemoStation:
     """One enrolled station with a simulated scanner (pty) and Zebra (TCP), and a simulated packer."""
 
     def __init__(self, *, data_dir: Path, site: str, station_id: str, mqtt_url: str, protocol: int,
-                 cloud_url: str) -> None:
+                 cloud_url: str, auto_pack: bool = True) -> None:
         self.data_dir = data_dir
         self.site = site
         self.station_id = station_id
@@ -108,6 +109,7 @@ class DemoStation:
         self.runtime: StationRuntime | None = None
         self.bus: PahoBus | None = None
         self.packer: SimulatedPacker | None = None
+        self.auto_pack = auto_pack
 
     def start(self) -> None:
         self.scanner = SimulatedScanner()
@@ -127,7 +129,8 @@ class DemoStation:
             raise RuntimeError(f"{self.station_id}: scanner {self.scanner.url} did not open: "
                                f"{self.runtime.status().scanner}")
         self.packer = SimulatedPacker(self.runtime, self.scanner)
-        self.packer.start()
+        if self.auto_pack:
+            self.packer.start()
 
     def wait_online(self, timeout_s: float) -> bool:
         return self.bus is not None and self.bus.wait_connected(timeout_s)
@@ -161,12 +164,12 @@ class DemoStation:
             self.scanner.close()
 
 
-def run_station_app(data_dir: Path, station_id: str) -> int:
+def run_station_app(data_dir: Path, station_id: str, protocol: int = 5) -> int:
     """``packline station run``: the packing screen on a real terminal."""
     from station.tui import PackingApp
 
     config = load_config(station_dir(data_dir, station_id))
-    bus = station_bus(config.station_id, config.site, config.mqtt_url, 5,
+    bus = station_bus(config.station_id, config.site, config.mqtt_url, protocol,
                       username=config.mqtt_username,
                       password=config.mqtt_password.get_secret_value() if config.mqtt_password else None)
     runtime = StationRuntime(config, bus=bus, data_dir=data_dir)

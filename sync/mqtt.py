@@ -5,6 +5,8 @@
 * MQTT 5 by default with a persistent session (session expiry > 0, clean start only the
   first time); MQTT 3.1.1 with ``clean_session=False``. The contract does not depend on
   either: durability is end to end (outbox + acks + dedup + feed replay).
+* ``persistent=False`` for consumers on a shared subscription (the cloud ingest): a dead
+  worker's persistent session would keep its share of the messages queued for nobody.
 * paho's unsent messages live only in memory, so :meth:`publish` reports False while
   offline and the caller keeps the message (outbox) instead of trusting paho's queue.
 """
@@ -50,17 +52,19 @@ class PahoBus:
         session_expiry_s: int = 24 * 3600,
         keepalive_s: int = 30,
         max_inflight: int = 100,
+        persistent: bool = True,
     ) -> None:
         if protocol not in (5, 4, 311):
             raise ValueError("protocol must be 5 (MQTT 5) or 311 (MQTT 3.1.1)")
         self.url = url
         self.client_id = client_id
         self.v5 = protocol == 5
-        self.session_expiry_s = session_expiry_s
+        self.session_expiry_s = session_expiry_s if persistent else 0
+        self.persistent = persistent
         self.keepalive_s = keepalive_s
         kwargs: dict[str, Any] = {"client_id": client_id, "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311}
         if not self.v5:
-            kwargs["clean_session"] = False
+            kwargs["clean_session"] = not persistent
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
         self.client.max_inflight_messages_set(max_inflight)
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
@@ -89,7 +93,8 @@ class PahoBus:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry_s
             self.client.connect_async(
-                self.url.host, self.url.port, self.keepalive_s, clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                self.url.host, self.url.port, self.keepalive_s,
+                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY if self.persistent else True,
                 properties=props,
             )
         else:

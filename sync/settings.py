@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -34,6 +35,7 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL of the cloud database; default: SQLite file under data_dir"
     )
     mqtt_url: str | None = Field(default=None, description="mqtt[s]://[user:pass@]host:port; default: start one")
+    mqtt_protocol: Literal[5, 311] = Field(default=5, description="MQTT version to speak: 5, or 311 for 3.1.1")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     webhook_timeout_s: float = 5.0
