@@ -18,6 +18,7 @@ and :func:`upgrade`.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,9 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, busy_t
     )
 
 
+_HOLDS_WRITE_LOCK = "packline_holds_write_lock"
+
+
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
@@ -104,12 +108,34 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         finally:
             cur.close()
 
+    # SQLite's busy handler makes waiting writers sleep and retry (up to 100 ms a nap), so under
+    # load one thread can starve behind others. Writers of this process queue on a lock instead
+    # and are woken the moment the previous one finishes; other processes still meet busy_timeout.
+    write_lock = threading.Lock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         if conn.get_execution_options().get(_READ_ONLY):
             conn.exec_driver_sql("BEGIN")
-        else:
+            return
+        if not write_lock.acquire(timeout=busy_timeout_ms / 1000):
+            raise sa.exc.OperationalError("BEGIN IMMEDIATE", {}, TimeoutError("database write lock timeout"))
+        conn.info[_HOLDS_WRITE_LOCK] = True
+        try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release(conn.info)
+            raise
+
+    def _release(info: dict[Any, Any]) -> None:
+        if info.pop(_HOLDS_WRITE_LOCK, False):
+            write_lock.release()
+
+    event.listen(engine, "commit", lambda conn: _release(conn.info))
+    event.listen(engine, "rollback", lambda conn: _release(conn.info))
+    # a connection returned to the pool mid-transaction is rolled back by the pool, not by Connection
+    event.listen(engine.pool, "reset", lambda _dbapi, record, *_a: _release(record.info))
+    event.listen(engine.pool, "invalidate", lambda _dbapi, record, *_a: _release(record.info))
 
 
 @contextmanager

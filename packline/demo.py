@@ -196,7 +196,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
             list(pool.map(create, range(len(plan))))
         log.info("created %d orders in %.2fs", len(plan), time.perf_counter() - t_start)
 
-        _wait_shipped(http, creds, orders, opts.timeout_s)
+        _wait_shipped(http, creds, orders, receiver, opts.timeout_s)
         wall_s = time.perf_counter() - t_start
         cloud.process.drain_webhooks(timeout_s=10)
 
@@ -256,31 +256,39 @@ def _receive_for_load(http: httpx.Client, creds: dict[str, dict[str, str]], plan
 
 
 def _wait_shipped(http: httpx.Client, creds: dict[str, dict[str, str]], orders: list[DemoOrder],
-                  timeout_s: float) -> None:
+                  receiver: WebhookReceiver, timeout_s: float) -> None:
+    """Wait as a merchant does: for the ``order.shipped`` webhooks; then read each order once.
+    Orders whose webhook has not come are polled slowly (a lost webhook must not hang the demo)."""
     deadline = time.perf_counter() + timeout_s
-    pending = [o for o in orders if o.id and o.status not in ("backordered", "on_hold", "rejected")]
-    while pending and time.perf_counter() < deadline:
-        still = []
-        for o in pending:
-            r = http.get(f"/v1/orders/{o.id}", headers={"authorization": f"Bearer {creds[o.tenant]['api_key']}"})
-            j = r.json()
-            o.status, o.site = j["status"], j.get("site")
-            shipment = j.get("shipment") or {}
-            o.carrier, o.tracking_number = shipment.get("carrier"), shipment.get("tracking_number")
-            o.reason = j.get("reason")
-            if o.status == "shipped":
-                shipped = j.get("shipped_at")
-                # the API reports wall-clock times; latency is measured on our monotonic clock
-                o.shipped_at = time.perf_counter() if shipped is None else _to_perf(shipped)
-            elif o.status in ("exception", "cancelled"):
-                pass
-            else:
-                still.append(o)
-        pending = still
-        if pending:
+    waiting = {o.id: o for o in orders if o.id and o.status not in ("backordered", "on_hold", "rejected")}
+    last_poll = time.perf_counter()
+    while waiting and time.perf_counter() < deadline:
+        for order_id in receiver.shipped_order_ids() & waiting.keys():
+            _refresh(http, creds, waiting.pop(order_id))
+        if time.perf_counter() - last_poll > 2.0:  # fallback: ask the API about what is still open
+            last_poll = time.perf_counter()
+            for o in list(waiting.values())[:50]:
+                _refresh(http, creds, o)
+                if o.status in ("shipped", "exception", "cancelled"):
+                    waiting.pop(str(o.id))
+        if waiting:
             time.sleep(0.05)
-    for o in pending:
-        o.reason = o.reason or f"not shipped within {timeout_s:.0f}s (last status {o.status})"
+    for o in waiting.values():
+        _refresh(http, creds, o)
+        if o.status != "shipped":
+            o.reason = o.reason or f"not shipped within {timeout_s:.0f}s (last status {o.status})"
+
+
+def _refresh(http: httpx.Client, creds: dict[str, dict[str, str]], o: DemoOrder) -> None:
+    r = http.get(f"/v1/orders/{o.id}", headers={"authorization": f"Bearer {creds[o.tenant]['api_key']}"})
+    r.raise_for_status()
+    j = r.json()
+    o.status, o.site, o.reason = j["status"], j.get("site"), j.get("reason")
+    shipment = j.get("shipment") or {}
+    o.carrier, o.tracking_number = shipment.get("carrier"), shipment.get("tracking_number")
+    if o.status == "shipped" and j.get("shipped_at"):
+        # the cloud's clock stamps shipped_at; latency is measured on one machine, so clocks agree
+        o.shipped_at = _to_perf(j["shipped_at"])
 
 
 _PERF_OFFSET = time.time() - time.perf_counter()

@@ -83,6 +83,10 @@ class WebhookReceiver:
             seen = {(h.webhook_id, h.type) for h in self.verified}
         return dict(Counter(t for _id, t in seen))
 
+    def shipped_order_ids(self) -> set[str]:
+        with self._lock:
+            return {str(h.data.get("order_id")) for h in self.verified if h.type == "order.shipped"}
+
     def unique_ids(self) -> int:
         with self._lock:
             return len({h.webhook_id for h in self.verified})
