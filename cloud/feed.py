@@ -16,14 +16,24 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from cloud.db import dialect_insert
-from cloud.models import FeedCounter, FeedRow, table
-from sync.contract import Envelope, encode, new_envelope
+from cloud.models import FeedCounter, FeedRow, Order, table
+from sync.contract import (
+    FEED_SKIP,
+    ORDER_CANCELLED,
+    ORDER_RELEASED,
+    Envelope,
+    FeedSkipBody,
+    decode,
+    encode,
+    new_envelope,
+)
 from sync.link import FeedEntry
 
 __all__ = ["append", "mark_published", "since", "unpublished"]
 
 _FEED = table(FeedRow)
 _COUNTERS = table(FeedCounter)
+_ORDERS = table(Order)
 
 
 def _next_seq(session: Session, site: str) -> int:
@@ -50,14 +60,39 @@ def append(
     return env
 
 
+_OPEN_FOR_STATIONS = ("released", "packing")
+
+
 def since(session: Session, site: str, from_seq: int, limit: int) -> list[FeedEntry]:
-    rows = session.connection().execute(
+    """Feed entries after ``from_seq`` for a replay. Compacted: an entry about an order that has
+    closed meanwhile (shipped, cancelled, exception ...) is replaced by a ``feed.skip`` with the
+    same seq, so a station that was away — or is new — does not pack yesterday's orders again,
+    and still sees a gap-free sequence."""
+    conn = session.connection()
+    rows = conn.execute(
         sa.select(_FEED.c.site, _FEED.c.seq, _FEED.c.payload)
         .where(_FEED.c.site == site, _FEED.c.seq > from_seq)
         .order_by(_FEED.c.seq)
         .limit(limit)
-    )
-    return [FeedEntry(site, int(seq), bytes(payload)) for site, seq, payload in rows]
+    ).all()
+    envs = [decode(bytes(payload)) for _site, _seq, payload in rows]
+    order_ids = {str(e.body.get("order_id")) for e in envs if e.type in (ORDER_RELEASED, ORDER_CANCELLED)}
+    status: dict[str, str] = {}
+    if order_ids:
+        status = dict(conn.execute(sa.select(_ORDERS.c.id, _ORDERS.c.status).where(_ORDERS.c.id.in_(order_ids))).all())
+    # a cancel is only news to a station that has the release: skip it only together with its release
+    released_here = {str(e.body.get("order_id")) for e in envs if e.type == ORDER_RELEASED}
+    out = []
+    for (_site, seq, payload), env in zip(rows, envs, strict=True):
+        order_id = str(env.body.get("order_id"))
+        state = status.get(order_id)
+        closed = state is not None and state not in _OPEN_FOR_STATIONS
+        if closed and (env.type == ORDER_RELEASED or (env.type == ORDER_CANCELLED and order_id in released_here)):
+            skip = FeedSkipBody(order_id=order_id, replaces=env.type, reason=f"order is {state}")
+            payload = encode(new_envelope(FEED_SKIP, site=site, seq=int(seq), body=skip, tenant=env.tenant,
+                                          id_=env.id, occurred_at=env.occurred_at))
+        out.append(FeedEntry(site, int(seq), bytes(payload)))
+    return out
 
 
 def unpublished(session: Session, limit: int) -> list[FeedEntry]:

@@ -27,7 +27,7 @@ class ReceiptIn(BaseModel):
 
     sku: Sku
     site: str = Field(min_length=1, max_length=64)
-    qty: int = Field(gt=0, le=1_000_000)
+    qty: int = Field(gt=0, le=1_000_000, strict=True)
     movement_id: uuid.UUID | None = Field(
         default=None, description="makes the receipt idempotent: the same id twice books it once"
     )

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ class CloudServer:
         protocol: int = 5,
         host: str = "127.0.0.1",
         port: int = 8000,
-        client_id: str = "packline-cloud",
+        client_id: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -141,9 +142,13 @@ class CloudServer:
         upgrade(self.engine)
         # no persistent session: with a shared subscription a dead worker's session would hoard
         # its share of events; the stations' outboxes resend whatever was in flight
+        # workers of one deployment share the ingest through one group; another deployment on the
+        # same broker (another group) gets its own copy instead of stealing this one's events
+        group = settings.cloud_group
+        client_id = client_id or f"{group}-{uuid.uuid4().hex[:8]}"
         self.bus = PahoBus(parse_mqtt_url(mqtt_url), client_id, protocol=protocol, persistent=False)
         self.process = CloudProcess(settings, engine=self.engine, bus=self.bus,
-                                    shared_group="cloud" if protocol == 5 else None, migrate=False)
+                                    shared_group=group if protocol == 5 else None, migrate=False)
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="packline", description="Open, API-first fulfilment.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run the whole flow on this machine: API -> station -> label -> ledger")
+    d = sub.add_parser(
+        "demo", help="run the whole flow on this machine: API -> station -> label -> ledger",
+        epilog="The demo's database is a fresh SQLite file under DATA_DIR/demo unless --database-url is given; "
+               "PACKLINE_DATABASE_URL is ignored on purpose (the demo loads sample tenants and orders).",
+    )
     _add_common(d)
     d.add_argument("--json", action="store_true", help="print only a JSON result on stdout (logs go to stderr)")
     d.add_argument("--out", type=Path, help="folder for the printed labels (.zpl); default DATA_DIR/out")
@@ -108,8 +112,8 @@ def _setup_logging(verbose: int) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from packline.demo import SAMPLE_DATA, DemoOptions, run_demo
 
-    if args.orders is not None and args.orders < 1:
-        raise UsageError("--orders must be at least 1")
+    if args.orders is not None and not 1 <= args.orders <= 100_000:
+        raise UsageError("--orders must be between 1 and 100000")
     settings = _settings(args)
     opts = DemoOptions(
         settings=settings,
@@ -117,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         orders=args.orders,
         mqtt_url=args.mqtt_url or settings.mqtt_url,
         mqtt_protocol=args.mqtt_protocol or settings.mqtt_protocol,
-        database_url=args.database_url or settings.database_url,
+        database_url=args.database_url,  # never PACKLINE_DATABASE_URL: the demo writes sample tenants
         sample_dir=args.sample_dir or SAMPLE_DATA,
         timeout_s=args.timeout or (120.0 if args.orders is None else 60.0 + args.orders * 0.5),
     )
@@ -210,7 +214,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         value = getattr(settings, name)
         if name == "database_url" and value is None:
             value = settings.cloud_database_url()
-        shown = "***" if "token" in name or "secret" in name else _redact(str(value)) if value is not None else None
+        secret = name in ("admin_token",) and value is not None
+        shown = "***" if secret else _redact(str(value)) if value is not None else None
         out[name] = {"value": shown, "source": source}
     print(json.dumps(out, indent=2))
     return EXIT_OK
@@ -230,15 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0))
     handlers = {"demo": cmd_demo, "cloud": cmd_cloud, "station": cmd_station, "config": cmd_config}
+    from sqlalchemy.exc import OperationalError
+
+    from cloud.errors import CloudError
+    from drivers.errors import DeviceError
+    from station.errors import StationError
+
     try:
         return handlers[args.command](args)
-    except UsageError as e:
+    except (UsageError, ValueError, StationError, CloudError) as e:  # bad input: nothing was changed
         print(f"packline: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except ValueError as e:  # validation of ids, URLs, files
-        print(f"packline: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ConnectionError, OSError) as e:
+    except OperationalError as e:  # the database is not there (or refuses us)
+        print(f"packline: database unavailable: {_redact(str(e.orig or e)).strip().splitlines()[0]}", file=sys.stderr)
+        return EXIT_ENV
+    except (ConnectionError, OSError, DeviceError) as e:
         print(f"packline: {e}", file=sys.stderr)
         return EXIT_ENV
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import shutil
+import socket
 import statistics
 import time
 import uuid
@@ -105,7 +106,11 @@ def _load(sample_dir: Path, name: str) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def _broker(opts: DemoOptions, folder: Path) -> Iterator[tuple[str, int]]:
     if opts.mqtt_url:
-        parse_mqtt_url(opts.mqtt_url)  # clear error for a bad URL before anything starts
+        url = parse_mqtt_url(opts.mqtt_url)  # clear error for a bad URL before anything starts
+        try:
+            socket.create_connection((url.host, url.port), timeout=3.0).close()
+        except OSError as e:
+            raise ConnectionError(f"no MQTT broker answers at {url}: {e}") from None
         yield opts.mqtt_url, opts.mqtt_protocol
         return
     broker: RunningBroker = start_default_broker(folder)
@@ -130,19 +135,21 @@ def _order_plan(opts: DemoOptions, run_id: str, fresh_db: bool) -> list[dict[str
 
 
 def run_demo(opts: DemoOptions) -> DemoResult:
-    settings = opts.settings
     run_id = uuid.uuid4().hex[:6]
+    # this run's cloud workers form their own group: another Packline on a shared broker
+    # (--mqtt) neither steals nor answers this run's station events
+    settings = opts.settings.model_copy(update={"cloud_group": f"packline-demo-{run_id}"})
     demo_dir = settings.data_dir / "demo"
     if demo_dir.exists():
         shutil.rmtree(demo_dir)  # demo state only: stations, broker, default DB, are made anew each run
     demo_dir.mkdir(parents=True)
     out = (opts.out or settings.data_dir / "out").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    database_url = opts.database_url or settings.database_url or f"sqlite:///{demo_dir / 'cloud.db'}"
+    database_url = opts.database_url or f"sqlite:///{demo_dir / 'cloud.db'}"
 
     with _broker(opts, demo_dir / "broker") as (mqtt_url, protocol), contextlib.ExitStack() as stack:
         cloud = CloudServer(settings, database_url=database_url, mqtt_url=mqtt_url, protocol=protocol,
-                            port=free_port(), client_id=f"packline-cloud-demo-{run_id}")
+                            port=free_port())
         stack.callback(cloud.stop)
         cloud.start()
         fresh_db = cloud.process.is_empty()
@@ -161,7 +168,9 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         sites = [s["id"] for s in _load(opts.sample_dir, "sites")]
         stations = []
         for site in sites:
-            st = wiring.DemoStation(data_dir=demo_dir, site=site, station_id=f"ST-{site}-1",
+            # on a broker of our own the ids read like a floor's; on a shared one they carry the run id
+            station_id = f"ST-{site}-1" if not opts.mqtt_url else f"ST-{site}-{run_id}"
+            st = wiring.DemoStation(data_dir=demo_dir, site=site, station_id=station_id,
                                     mqtt_url=mqtt_url, protocol=protocol, cloud_url=cloud.api_url)
             stack.callback(st.stop)
             st.start()
@@ -203,7 +212,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         _write_labels(orders, stations, out)
         problems = [f"{o.external_id}: {o.status} ({o.reason})" for o in orders if o.status != "shipped"]
         problems += cloud.process.ledger_problems()
-        if opts.orders is None:
+        if opts.orders is None and fresh_db:  # opening stock is the sample stock only on a fresh database
             problems += _opening_minus_shipped(http, creds, _load(opts.sample_dir, "stock"), plan, orders)
         if receiver.failed:
             problems += [f"webhook signature failed: {f}" for f in receiver.failed[:10]]

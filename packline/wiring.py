@@ -169,6 +169,15 @@ def run_station_app(data_dir: Path, station_id: str, protocol: int = 5) -> int:
     from station.tui import PackingApp
 
     config = load_config(station_dir(data_dir, station_id))
+    # the screen owns the terminal: logs go to a file next to the station's config, not to stderr
+    log_file = station_dir(data_dir, station_id) / "station.log"
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+    root.addHandler(handler)
     bus = station_bus(config.station_id, config.site, config.mqtt_url, protocol,
                       username=config.mqtt_username,
                       password=config.mqtt_password.get_secret_value() if config.mqtt_password else None)

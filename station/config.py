@@ -197,7 +197,7 @@ def _write_atomic(path: Path, data: bytes, *, overwrite: bool) -> None:
             try:
                 os.link(tmp, path)  # atomic create-if-absent: two enrolments cannot both win
             except FileExistsError:
-                raise ConfigError(f"{path} already exists; pass force=True to replace it") from None
+                raise ConfigError(f"{path} already exists; pass force=True (packline station enrol --force) to replace it") from None
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
@@ -216,7 +216,7 @@ def enrol(data_dir: Path, *, force: bool = False, **fields: Any) -> Path:
     path = station_dir(data_dir, config.station_id) / CONFIG_FILE
     if path.exists() and not force:
         raise ConfigError(
-            f"station {config.station_id} is already enrolled at {path}; pass force=True to replace it"
+            f"station {config.station_id} is already enrolled at {path}; pass force=True (packline station enrol --force) to replace it"
         )
     _write_atomic(path, config.to_json(), overwrite=force)
     log.info("enrolled station %s (site %s) at %s", config.station_id, config.site, path)

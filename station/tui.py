@@ -53,7 +53,8 @@ class PackingApp(App[None]):
     ENABLE_COMMAND_PALETTE = False
     CSS = """
     Screen { layout: vertical; }
-    #status { height: 1; padding: 0 1; background: $panel; }
+    #status { height: auto; max-height: 3; padding: 0 1; background: $panel; }
+    #status.-trouble { background: $warning-darken-2; color: $text; }
     #status.-offline { background: $warning-darken-2; color: $text; }
     #order { height: 3; padding: 1 1 0 1; text-style: bold; }
     #lines { height: 1fr; margin: 0 1; }
@@ -168,11 +169,15 @@ class PackingApp(App[None]):
             f"feed #{s.last_feed_seq}",
             f"open {s.orders_open} · packed {s.orders_packed}",
         ]
+        trouble = []  # on its own line, never cut off: what the packer or a lead must act on
         if s.scanner not in ("ok", "none"):
-            parts.append(s.scanner)
+            trouble.append(f"SCANNER: {s.scanner}")
+        if s.last_error:
+            trouble.append(f"SYNC: {s.last_error}")
         status = self.query_one("#status", Static)
-        status.update("   ".join(parts))
+        status.update("   ".join(parts) + "".join(f"\n⚠ {t}" for t in trouble))
         status.set_class(not s.online, "-offline")
+        status.set_class(bool(trouble) and s.online, "-trouble")
 
     def refresh_view(self) -> None:
         self._refresh_status()

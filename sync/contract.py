@@ -30,6 +30,7 @@ __all__ = [
     "AckBody",
     "ContractError",
     "Envelope",
+    "FeedSkipBody",
     "HelloBody",
     "LabelInfo",
     "OrderCancelledBody",
@@ -65,6 +66,8 @@ REPLAY_REQUEST = "feed.replay_request"
 # cloud -> site feed
 ORDER_RELEASED = "order.released"
 ORDER_CANCELLED = "order.cancelled"
+FEED_SKIP = "feed.skip"  # a replayed entry whose order closed meanwhile: advance seq, change nothing
+FEED_TYPES = (ORDER_RELEASED, ORDER_CANCELLED, FEED_SKIP)
 # cloud -> one station
 ACK = "ack"
 # presence (retained)
@@ -245,6 +248,15 @@ class OrderPackedBody(_Body):
     weight_g: int | None = None
     started_at: datetime | None = None
     packed_at: datetime
+
+
+class FeedSkipBody(_Body):
+    """Stands in, on replay, for an entry that no longer asks anything of a station
+    (its order shipped, was cancelled or went to exception before the station saw it)."""
+
+    order_id: str | None = None
+    replaces: str = Field(description="the type of the entry it stands in for")
+    reason: str
 
 
 class HelloBody(_Body):

@@ -176,7 +176,7 @@ class StationLink:
             env = c.decode(payload)
             if env.type == c.ACK:
                 self._handle_ack(c.parse_body(env, AckBody))
-            elif env.type in (c.ORDER_RELEASED, c.ORDER_CANCELLED):
+            elif env.type in c.FEED_TYPES:
                 self._handle_feed(env)
             else:
                 log.info("station %s ignores %s on %s", self.station, env.type, topic)

@@ -78,6 +78,7 @@ class PahoBus:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_socket_open = self._on_socket_open
+        self.client.on_connect_fail = self._on_connect_fail
         self._subs: list[tuple[str, Handler, int]] = []
         self._listeners: list[Callable[[], None]] = []
         self._connected = threading.Event()
@@ -164,6 +165,9 @@ class PahoBus:
                 cb()
             except Exception:
                 log.exception("%s: connect listener failed", self.client_id)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.last_error = f"cannot connect to {self.url}"
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL of the cloud database; default: SQLite file under data_dir"
     )
     mqtt_url: str | None = Field(default=None, description="mqtt[s]://[user:pass@]host:port; default: start one")
+    cloud_group: str = Field(
+        default="packline-cloud", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="MQTT 5 shared-subscription group of this deployment's cloud workers; also their client-id prefix",
+    )
     mqtt_protocol: Literal[5, 311] = Field(default=5, description="MQTT version to speak: 5, or 311 for 3.1.1")
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -178,6 +178,8 @@ def _pointers(r: Any) -> dict[str, str]:
         (lambda o: o["ship_to"].update(postal_code="1234"), "/ship_to/postal_code", "invalid_postal_code"),
         (lambda o: o["lines"][1].update(sku="NO-SUCH-SKU"), "/lines/1/sku", "unknown_sku"),
         (lambda o: o["lines"][0].update(qty=0), "/lines/0/qty", "greater_than"),
+        (lambda o: o["lines"][0].update(qty=True), "/lines/0/qty", "int_type"),
+        (lambda o: o["lines"][0].update(qty="2"), "/lines/0/qty", "int_type"),
         (lambda o: o["ship_to"].pop("street"), "/ship_to/street", "required"),
         (lambda o: o.update(tenant="nordic-tea"), "/tenant", "tenant_mismatch"),
         (lambda o: o.update(colour="red"), "/colour", "extra_forbidden"),

@@ -216,3 +216,31 @@ def test_unknown_event_id_is_not_confused_with_another(world: World) -> None:
     ack = world.store.apply_station_event(other)  # a second, different event for a shipped order
     assert ack.status == "rejected" and "already" in (ack.reason or "")
     assert world.order(o["id"])["status"] == "shipped"
+
+
+def test_replay_compacts_orders_that_closed_meanwhile(world: World) -> None:
+    """A station that was away (or is new) must not pack yesterday's shipped or cancelled orders:
+    on replay their entries arrive as feed.skip with the same seq, so the sequence stays gap-free."""
+    shipped = world.release("ACME-10001")  # DE-LEJ
+    cancelled = world.release("ACME-10005")  # DE-LEJ
+    still_open = world.release("ACME-10006")  # DE-LEJ
+    assert world.store.apply_station_event(packed_env(shipped)).status == "applied"
+    assert world.client.post(f"/v1/orders/{cancelled['id']}/cancel", headers=world.auth()).status_code == 200
+    late_cancel = world.release("ACME-10003")  # DE-LEJ: the station has this release ...
+    before_cancel = max(e.seq for e in world.store.feed_since("DE-LEJ", 0, 100))
+    assert world.client.post(f"/v1/orders/{late_cancel['id']}/cancel", headers=world.auth()).status_code == 200
+
+    replay = [c.decode(e.payload) for e in world.store.feed_since("DE-LEJ", 0, 100)]
+    assert [e.seq for e in replay] == list(range(1, len(replay) + 1))  # gap-free
+    kinds = [(e.type, e.body.get("order_id"), e.body.get("replaces")) for e in replay]
+    assert kinds == [
+        (c.FEED_SKIP, shipped["id"], c.ORDER_RELEASED),
+        (c.FEED_SKIP, cancelled["id"], c.ORDER_RELEASED),
+        (c.ORDER_RELEASED, still_open["id"], None),
+        (c.FEED_SKIP, cancelled["id"], c.ORDER_CANCELLED),
+        (c.FEED_SKIP, late_cancel["id"], c.ORDER_RELEASED),
+        (c.FEED_SKIP, late_cancel["id"], c.ORDER_CANCELLED),
+    ]
+    # ... but a station that already applied the release gets the cancel itself
+    tail = [c.decode(e.payload) for e in world.store.feed_since("DE-LEJ", before_cancel, 100)]
+    assert [(e.type, e.body["order_id"]) for e in tail] == [(c.ORDER_CANCELLED, late_cancel["id"])]

@@ -108,9 +108,8 @@ def world(db_url: str, mqtt_broker: tuple[str, int], tmp_path: Path) -> Iterator
     url, protocol = mqtt_broker
     broker = parse_mqtt_url(url)
     proxy = TcpProxy(broker.host, broker.port)
-    settings = Settings(data_dir=tmp_path / "data")
-    cloud = CloudServer(settings, database_url=db_url, mqtt_url=url, protocol=protocol, port=free_port(),
-                        client_id=f"cloud-e2e-{free_port()}")
+    settings = Settings(data_dir=tmp_path / "data", cloud_group=f"e2e-{uuid.uuid4().hex[:8]}")
+    cloud = CloudServer(settings, database_url=db_url, mqtt_url=url, protocol=protocol, port=free_port())
     cloud.start()
     creds = cloud.load_dir(SAMPLE_DATA)
     station = DemoStation(data_dir=tmp_path / "data", site="PL-POZ", station_id=f"ST-E2E-{free_port()}",
@@ -180,3 +179,15 @@ def test_order_packed_while_the_broker_connection_is_down_ships_exactly_once(wor
     assert world.cloud.process.link.stats.feed_duplicates >= 1
     assert world.count("SELECT COUNT(*) FROM movements WHERE order_id = :o AND kind = 'post'", o=first["id"]) == 1
     assert world.stock("SOCK-MW-42", "PL-POZ") == after
+
+
+def test_demo_runs_on_the_embedded_mqtt_311_broker(tmp_path: Path) -> None:
+    """Where no Mosquitto exists (a laptop), the demo's broker is amqtt: MQTT 3.1.1 only."""
+    from sync.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        result = run_demo(DemoOptions(settings=Settings(data_dir=tmp_path / "data"), out=tmp_path / "out",
+                                      mqtt_url=broker.url, mqtt_protocol=311))
+    assert result.problems == [] and result.ok
+    assert result.stats["broker"]["protocol"] == "3.1.1"
+    assert {o.status for o in result.orders} == {"shipped"}

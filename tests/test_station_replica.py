@@ -277,3 +277,13 @@ def test_replica_is_the_station_store_of_the_link(replica: Replica) -> None:
     cloud.link.replay(STATION, SITE, 0)  # everything again: duplicates only
     assert replica.last_feed_seq() == 3 and link.stats.feed_duplicates == 3
     assert [o.order_id for o in replica.open_orders()] == ["ORD-1", "ORD-2", "ORD-3"]
+
+
+def test_a_feed_skip_advances_the_sequence_and_changes_nothing(replica: Replica) -> None:
+    replica.apply_feed(release_env(1, order_acme()))
+    skip = c.FeedSkipBody(order_id="ORD-OLD", replaces=c.ORDER_RELEASED, reason="order is shipped")
+    replica.apply_feed(c.new_envelope(c.FEED_SKIP, site="DE-LEJ", seq=2, body=skip))
+    replica.apply_feed(release_env(3, order_tea()))
+    assert replica.last_feed_seq() == 3
+    assert [o.order_id for o in replica.open_orders()] == ["ORD-1", "ORD-2"]
+    assert replica.get_order("ORD-OLD") is None and replica.feed_rejects() == []

@@ -79,7 +79,7 @@ class SandboxCarrier:
 
     def __init__(
         self,
-        seed_prefix: str = "PL",
+        seed_prefix: str = "CP",  # S10 service indicator C*: parcels
         country: str = "DE",
         latency_s: float = 0.0,
         fail_rate: float = 0.0,

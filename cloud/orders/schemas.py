@@ -39,7 +39,7 @@ class OrderLineIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sku: Sku
-    qty: int = Field(gt=0, le=10_000)
+    qty: int = Field(gt=0, le=10_000, strict=True)  # "2" or true is a client bug, not 2 or 1
 
 
 class GiftIn(BaseModel):
