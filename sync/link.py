@@ -343,24 +343,18 @@ class CloudLink:
             env = c.decode(payload)
             if env.station != station:
                 raise ContractError(f"envelope says station {env.station!r} but came on {topic}")
+            # hello (every reconnect) and replay requests (a gap) both ask: "send me the feed after N"
+            if env.type == c.STATION_HELLO:
+                replay_from: int | None = c.parse_body(env, c.HelloBody).last_feed_seq
+            elif env.type == c.REPLAY_REQUEST:
+                replay_from = c.parse_body(env, c.ReplayRequestBody).from_seq
+            else:
+                replay_from = None
         except ContractError as e:
             self._dead_letter(topic, payload, str(e))
             return
-        if env.type == c.STATION_HELLO:
-            try:
-                hello = c.parse_body(env, c.HelloBody)
-            except ContractError as e:
-                self._dead_letter(topic, payload, str(e))
-                return
-            self.replay(station, env.site, hello.last_feed_seq)
-            return
-        if env.type == c.REPLAY_REQUEST:
-            try:
-                req = c.parse_body(env, c.ReplayRequestBody)
-            except ContractError as e:
-                self._dead_letter(topic, payload, str(e))
-                return
-            self.replay(station, env.site, req.from_seq)
+        if replay_from is not None:
+            self.replay(station, env.site, replay_from)
             return
         ack = self.store.apply_station_event(env)
         if ack.status == "applied":
