@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -39,12 +38,19 @@ class Settings(BaseSettings):
         default="packline-cloud", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="MQTT 5 shared-subscription group of this deployment's cloud workers; also their client-id prefix",
     )
-    mqtt_protocol: Literal[5, 311] = Field(default=5, description="MQTT version to speak: 5, or 311 for 3.1.1")
+    mqtt_protocol: int = Field(default=5, description="MQTT version to speak: 5, or 311 for 3.1.1")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     webhook_timeout_s: float = 5.0
     signing_secret_bytes: int = 24
     admin_token: SecretStr | None = None
+
+    @field_validator("mqtt_protocol")
+    @classmethod
+    def _protocol(cls, v: int) -> int:
+        if v not in (5, 311):
+            raise ValueError("mqtt_protocol is 5 (MQTT 5) or 311 (MQTT 3.1.1)")
+        return v
 
     @field_validator("data_dir")
     @classmethod
