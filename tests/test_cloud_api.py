@@ -336,3 +336,19 @@ def test_cancel_a_backordered_order(api: Api) -> None:
     r = api.client.post(f"/v1/orders/{created['id']}/cancel", headers=api.auth())
     assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["shipment"] is None
     assert api.count("feed") == 0  # no site was ever told about it
+
+
+def test_merchants_look_orders_up_by_their_reference_and_fetch_the_label(api: Api) -> None:
+    created = api.client.post("/v1/orders", json=order("ACME-10007"), headers=api.auth()).json()
+    found = api.client.get("/v1/orders", params={"external_id": "ACME-10007"}, headers=api.auth())
+    assert found.status_code == 200 and found.json()["id"] == created["id"]
+    missing = api.client.get("/v1/orders", params={"external_id": "NOPE"}, headers=api.auth())
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
+    label = api.client.get(f"/v1/orders/{created['id']}/label", headers=api.auth())
+    assert label.status_code == 200 and label.headers["content-type"].startswith("application/zpl")
+    zpl = label.content.decode("utf-8")
+    assert zpl.startswith("^XA") and zpl.count("^XZ") == 1 and "Γιώργος" in zpl
+    assert created["shipment"]["tracking_number"] in zpl
+    assert api.client.get(f"/v1/orders/{created['id']}/label").status_code == 401
+    api.client.post(f"/v1/orders/{created['id']}/cancel", headers=api.auth())
+    assert api.client.get(f"/v1/orders/{created['id']}/label", headers=api.auth()).status_code == 404

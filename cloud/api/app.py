@@ -125,6 +125,19 @@ def _v1_routes(engine: Engine, orders: OrderService) -> APIRouter:
     def get_order(order_id: str, tenant: Tenant) -> dict[str, Any]:
         return orders.get(tenant, order_id)
 
+    @router.get("/orders", responses={404: _PROBLEM}, tags=["orders"])
+    def find_order(tenant: Tenant, external_id: Annotated[str, Query(min_length=1, max_length=128)]) -> dict[str, Any]:
+        """Look an order up by the merchant's own reference: ``GET /v1/orders?external_id=ACME-10001``."""
+        return orders.find_by_external_id(tenant, external_id)
+
+    @router.get("/orders/{order_id}/label", responses={200: {"content": {"application/zpl": {}}}, 404: _PROBLEM},
+                response_class=Response, tags=["orders"])
+    def get_label(order_id: str, tenant: Tenant) -> Response:
+        """The carrier label as printed at the station: one 4x6 in, 203 dpi ZPL label (UTF-8, ``^CI28``)."""
+        tracking, zpl = orders.label(tenant, order_id)
+        return Response(zpl.encode("utf-8"), media_type="application/zpl; charset=utf-8",
+                        headers={"Content-Disposition": f'inline; filename="{tracking}.zpl"'})
+
     @router.post("/orders/{order_id}/cancel", responses={404: _PROBLEM, 409: _PROBLEM}, tags=["orders"])
     def cancel_order(order_id: str, tenant: Tenant, body: CancelIn | None = None) -> dict[str, Any]:
         """Cancel an order that is not packed yet (holds and label are voided)."""

@@ -438,6 +438,25 @@ class OrderService:
             order, lines, shipment = self._load(s, tenant.id, oid)
         return order_view(order, lines, shipment)
 
+    def find_by_external_id(self, tenant: TenantContext, external_id: str) -> dict[str, Any]:
+        """The merchant's own reference is how their systems look an order up."""
+        with read_session(self.engine) as s:
+            oid = s.connection().execute(
+                sa.select(ORDERS.c.id).where(ORDERS.c.tenant == tenant.id, ORDERS.c.external_id == external_id)
+            ).scalar()
+            if oid is None:
+                raise NotFound(f"no order with external_id {external_id!r}")
+            order, lines, shipment = self._load(s, tenant.id, oid)
+        return order_view(order, lines, shipment)
+
+    def label(self, tenant: TenantContext, oid: str) -> tuple[str, str]:
+        """(tracking number, ZPL) of the order's current label; 404 if it has none (backordered, voided)."""
+        with read_session(self.engine) as s:
+            order, _lines, shipment = self._load(s, tenant.id, oid)
+        if order["status"] == "cancelled" or shipment is None or shipment.get("voided_at") is not None:
+            raise NotFound(f"order {oid!r} has no valid label (status {order['status']})")
+        return str(shipment["tracking_number"]), str(shipment["zpl"])
+
     # --- cancel -----------------------------------------------------------------------------------
     def cancel(self, tenant: TenantContext, oid: str, request: CancelIn | None = None) -> dict[str, Any]:
         """Cancel before packed: void the holds, tell the site, void the label. Cancelling a
