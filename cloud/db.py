@@ -134,7 +134,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     event.listen(engine, "commit", lambda conn: _release(conn.info))
     event.listen(engine, "rollback", lambda conn: _release(conn.info))
     # a connection returned to the pool mid-transaction is rolled back by the pool, not by Connection
-    event.listen(engine.pool, "reset", lambda _dbapi, record, *_a: _release(record.info))
+    event.listen(engine.pool, "reset", lambda _dbapi, record, _reset_state: _release(record.info))
     event.listen(engine.pool, "invalidate", lambda _dbapi, record, *_a: _release(record.info))
 
 

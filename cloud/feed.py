@@ -21,6 +21,7 @@ from sync.contract import (
     FEED_SKIP,
     ORDER_CANCELLED,
     ORDER_RELEASED,
+    ORDER_UPDATED,
     Envelope,
     FeedSkipBody,
     decode,
@@ -61,6 +62,7 @@ def append(
 
 
 _OPEN_FOR_STATIONS = ("released", "packing")
+_ABOUT_ORDERS = (ORDER_RELEASED, ORDER_CANCELLED, ORDER_UPDATED)
 
 
 def since(session: Session, site: str, from_seq: int, limit: int) -> list[FeedEntry]:
@@ -76,18 +78,18 @@ def since(session: Session, site: str, from_seq: int, limit: int) -> list[FeedEn
         .limit(limit)
     ).all()
     envs = [decode(bytes(payload)) for _site, _seq, payload in rows]
-    order_ids = {str(e.body.get("order_id")) for e in envs if e.type in (ORDER_RELEASED, ORDER_CANCELLED)}
+    order_ids = {str(e.body.get("order_id")) for e in envs if e.type in _ABOUT_ORDERS}
     status: dict[str, str] = {}
     if order_ids:
         status = dict(conn.execute(sa.select(_ORDERS.c.id, _ORDERS.c.status).where(_ORDERS.c.id.in_(order_ids))).all())
-    # a cancel is only news to a station that has the release: skip it only together with its release
+    # a cancel or update is only news to a station that has the release: skip it only with its release
     released_here = {str(e.body.get("order_id")) for e in envs if e.type == ORDER_RELEASED}
     out = []
     for (_site, seq, payload), env in zip(rows, envs, strict=True):
         order_id = str(env.body.get("order_id"))
         state = status.get(order_id)
         closed = state is not None and state not in _OPEN_FOR_STATIONS
-        if closed and (env.type == ORDER_RELEASED or (env.type == ORDER_CANCELLED and order_id in released_here)):
+        if closed and (env.type == ORDER_RELEASED or (env.type in _ABOUT_ORDERS and order_id in released_here)):
             skip = FeedSkipBody(order_id=order_id, replaces=env.type, reason=f"order is {state}")
             payload = encode(new_envelope(FEED_SKIP, site=site, seq=int(seq), body=skip, tenant=env.tenant,
                                           id_=env.id, occurred_at=env.occurred_at))

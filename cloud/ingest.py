@@ -130,12 +130,16 @@ class SqlCloudStore:
             "packed_at": body.packed_at.isoformat(),
         }
         now = utcnow()
-        if row.status in ("shipped", "delivered"):
-            return _Outcome("rejected", f"order {row.id} was already reported packed by another event")
         if row.status == "exception":
             return _Outcome("rejected", f"order {row.id} is already an exception")
         problem: str | None
-        if row.status not in PACKABLE:
+        if row.status in ("shipped", "delivered"):
+            # a second parcel for one order (two stations of the site packed it): a manager must
+            # intercept one of them, and stock left twice while the ledger posted once
+            first = conn.execute(sa.select(ORDERS.c.packed).where(ORDERS.c.id == row.id)).scalar() or {}
+            problem = (f"packed twice: at {env.station} (event {env.id}) after {first.get('station')} "
+                       f"(event {first.get('event_id')}) had packed and shipped it")
+        elif row.status not in PACKABLE:
             problem = f"packed at {env.station} while the order was {row.status}"
         else:
             problem = self._packed_mismatch(s, body)
@@ -146,6 +150,7 @@ class SqlCloudStore:
                 .values(status="shipped", shipped_at=now, updated_at=now, packed=packed, reason=None)
             )
             ledger.post_order(s, row.id)
+            self._announce(s, row, "shipped", env, None)
             if row.webhook_url:
                 webhooks.enqueue(
                     s,
@@ -164,11 +169,11 @@ class SqlCloudStore:
                 )
             return _Outcome("applied")
         # a conflict: the parcel exists but the cloud cannot ship it; a manager must resolve it
-        conn.execute(
-            sa.update(ORDERS)
-            .where(ORDERS.c.id == row.id)
-            .values(status="exception", reason=problem, packed=packed, updated_at=now)
-        )
+        values: dict[str, Any] = {"status": "exception", "reason": problem, "updated_at": now}
+        if row.status not in ("shipped", "delivered"):  # keep the first packer's record on a double pack
+            values["packed"] = packed
+        conn.execute(sa.update(ORDERS).where(ORDERS.c.id == row.id).values(**values))
+        self._announce(s, row, "exception", env, problem)
         if row.webhook_url:
             webhooks.enqueue(
                 s,
@@ -177,6 +182,14 @@ class SqlCloudStore:
                 {"order_id": row.id, "external_id": row.external_id, "status": "exception", "reason": problem},
             )
         return _Outcome("rejected", problem)
+
+    @staticmethod
+    def _announce(s: Session, row: Any, status: str, env: Envelope, reason: str | None) -> None:
+        """Tell every station of the site that the order closed, so no one else packs it."""
+        if row.site is None:
+            return
+        body = c.OrderUpdatedBody(order_id=row.id, status=status, station=env.station, reason=reason)
+        feed.append(s, site=row.site, type_=c.ORDER_UPDATED, body=body, tenant=row.tenant)
 
     def _packed_mismatch(self, s: Session, body: c.OrderPackedBody) -> str | None:
         """Why a packed report does not match the order, or ``None``."""

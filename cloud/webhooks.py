@@ -166,7 +166,9 @@ class WebhookDispatcher:
         self.max_attempts = max_attempts
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
-        self.lease_s = lease_s
+        # a claimed batch is sent one by one: the lease must outlast the slowest batch, or another
+        # dispatcher would claim its tail and deliver it a second time
+        self.lease_s = max(lease_s, batch * timeout_s + 10.0)
         self.batch = batch
         self.clock = clock
 

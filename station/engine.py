@@ -32,7 +32,7 @@ from drivers.errors import DeviceError
 from drivers.printer import LabelPrinter
 from drivers.scanner import Scan
 from station.errors import ReplicaError
-from station.replica import Order, OrderLine, Replica, ScanRecord
+from station.replica import CLOSED_ELSEWHERE, Order, OrderLine, Replica, ScanRecord
 from sync.contract import Envelope, OrderPackedBody, PackedLine
 
 __all__ = [
@@ -119,6 +119,13 @@ class Verdict:
     @property
     def severity(self) -> Severity:
         return _SEVERITY.get(self.kind, "error")
+
+
+def _closed_headline(order: Order) -> str:
+    """What the packer reads for an order that must not be packed here."""
+    if order.cancel_reason and order.cancel_reason.startswith(CLOSED_ELSEWHERE):
+        return f"PACKED ELSEWHERE — do not pack {order.external_id}"
+    return f"ORDER CANCELLED — do not pack {order.external_id}"
 
 
 def local_now() -> datetime:
@@ -355,7 +362,7 @@ class PackingEngine:
             return None, None
         return None, Verdict(
             VerdictKind.ORDER_CANCELLED,
-            f"ORDER CANCELLED — do not pack {order.external_id}",
+            _closed_headline(order),
             order_id=order.order_id,
             external_id=order.external_id,
             hint="put the items back" + (f" ({order.cancel_reason})" if order.cancel_reason else ""),
@@ -423,7 +430,7 @@ class PackingEngine:
         if order.status == "cancelled":
             verdict = Verdict(
                 VerdictKind.ORDER_CANCELLED,
-                f"ORDER CANCELLED — do not pack {order.external_id}",
+                _closed_headline(order),
                 hint=order.cancel_reason or "put the slip aside",
                 order_id=order.order_id,
                 external_id=order.external_id,

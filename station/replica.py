@@ -65,6 +65,9 @@ __all__ = [
 
 log = logging.getLogger("packline.station")
 
+CLOSED_ELSEWHERE = "closed by the cloud: "
+"""Prefix of ``cancel_reason`` for an order another station packed (see :meth:`Replica._apply_updated`)."""
+
 OrderStatus = Literal["released", "packing", "packed", "cancelled"]
 OPEN_STATUSES: tuple[OrderStatus, ...] = ("released", "packing")
 BUSY_TIMEOUT_MS = 5000
@@ -398,6 +401,8 @@ class Replica:
                     self._apply_released(conn, env, c.parse_body(env, OrderReleasedBody), now)
                 elif env.type == c.ORDER_CANCELLED:
                     self._apply_cancelled(conn, c.parse_body(env, OrderCancelledBody), now)
+                elif env.type == c.ORDER_UPDATED:
+                    self._apply_updated(conn, c.parse_body(env, c.OrderUpdatedBody), now)
                 elif env.type == c.FEED_SKIP:
                     c.parse_body(env, c.FeedSkipBody)  # nothing to do here but advance
                 else:
@@ -465,6 +470,23 @@ class Replica:
         )
         if cur.rowcount == 0:
             log.info("station %s: cancel of %s changes nothing here", self.station, body.order_id)
+
+    def _apply_updated(self, conn: sqlite3.Connection, body: c.OrderUpdatedBody, now: float) -> None:
+        """The cloud closed the order (another station shipped it, or it went to exception):
+        take it off this station's open orders. A station that packed it itself keeps 'packed'."""
+        if body.status not in ("shipped", "delivered", "exception", "cancelled"):
+            return
+        if body.station == self.station:
+            return  # our own pack, confirmed
+        where = f" at {body.station}" if body.station else ""
+        reason = f"{CLOSED_ELSEWHERE}{body.status}{where}" + (f" ({body.reason})" if body.reason else "")
+        cur = conn.execute(
+            "UPDATE orders SET status = 'cancelled', cancel_reason = ?, updated_at = ? "
+            "WHERE order_id = ? AND status IN ('released', 'packing')",
+            (reason, now, body.order_id),
+        )
+        if cur.rowcount:
+            log.info("station %s: order %s closed: %s", self.station, body.order_id, reason)
 
     def feed_rejects(self) -> list[FeedReject]:
         rows = self._query("SELECT seq, id, type, reason FROM feed_rejects ORDER BY seq")

@@ -36,6 +36,7 @@ __all__ = [
     "OrderCancelledBody",
     "OrderPackedBody",
     "OrderReleasedBody",
+    "OrderUpdatedBody",
     "PackedLine",
     "PresenceBody",
     "ReleasedLine",
@@ -66,8 +67,9 @@ REPLAY_REQUEST = "feed.replay_request"
 # cloud -> site feed
 ORDER_RELEASED = "order.released"
 ORDER_CANCELLED = "order.cancelled"
+ORDER_UPDATED = "order.updated"  # the order closed (shipped, exception) at the cloud: other stations stop
 FEED_SKIP = "feed.skip"  # a replayed entry whose order closed meanwhile: advance seq, change nothing
-FEED_TYPES = (ORDER_RELEASED, ORDER_CANCELLED, FEED_SKIP)
+FEED_TYPES = (ORDER_RELEASED, ORDER_CANCELLED, ORDER_UPDATED, FEED_SKIP)
 # cloud -> one station
 ACK = "ack"
 # presence (retained)
@@ -248,6 +250,16 @@ class OrderPackedBody(_Body):
     weight_g: int | None = None
     started_at: datetime | None = None
     packed_at: datetime
+
+
+class OrderUpdatedBody(_Body):
+    """The cloud's new status for an order, e.g. ``shipped`` after one station packed it: every
+    other station of the site must not pack it again."""
+
+    order_id: str
+    status: str
+    station: str | None = Field(default=None, description="the station whose event caused it")
+    reason: str | None = None
 
 
 class FeedSkipBody(_Body):

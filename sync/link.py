@@ -112,7 +112,7 @@ class StationLink:
         self._on_rejected = on_rejected or (lambda ack: None)
         self._lock = threading.RLock()  # feed application and outbox pumping are serialised
         self._replay_asked_at: float = 0.0
-        self._hello_seq = 0
+        self._seen_high = 0  # highest feed seq seen; above last_feed_seq means a gap is still open
         self.last_error: str | None = None
 
     # -- wiring ---------------------------------------------------------------------
@@ -130,7 +130,6 @@ class StationLink:
         self.pump()
 
     def _say_hello(self) -> None:
-        self._hello_seq += 1
         body = c.HelloBody(
             last_feed_seq=self.store.last_feed_seq(),
             outbox_depth=self.store.outbox_depth(),
@@ -154,10 +153,13 @@ class StationLink:
 
     # -- outbound -------------------------------------------------------------------
     def pump(self, limit: int = 200) -> int:
-        """Publish what is due; returns how many were handed to the client. Cheap when idle."""
+        """Publish what is due; returns how many were handed to the client. Cheap when idle.
+        Also re-asks for a replay while a feed gap stays open (the answer to the first ask may
+        have been read before the missing entry was committed)."""
         if not self.bus.connected:
             return 0
         with self._lock:
+            self._ask_replay_if_gap()
             rows = self.store.outbox_due(self.resend_after_s, limit)
             sent: list[int] = []
             topic = c.station_events_topic(self.station)
@@ -210,14 +212,19 @@ class StationLink:
                 return
             if env.seq > last + 1:
                 # a gap: ask for everything after what we have; this entry comes again in order
-                now = time.monotonic()
-                if now - self._replay_asked_at > 1.0:
-                    self._replay_asked_at = now
-                    self.request_replay(last)
+                self._seen_high = max(self._seen_high, env.seq)
+                self._ask_replay_if_gap(last)
                 return
             self.store.apply_feed(env)
             self.stats.feed_applied += 1
         self._on_change()
+
+    def _ask_replay_if_gap(self, last: int | None = None) -> None:
+        last = self.store.last_feed_seq() if last is None else last
+        now = time.monotonic()
+        if self._seen_high > last and now - self._replay_asked_at > 1.0:
+            self._replay_asked_at = now
+            self.request_replay(last)
 
     def request_replay(self, from_seq: int) -> None:
         self.stats.replays_requested += 1
@@ -278,6 +285,7 @@ class CloudLink:
         self.shared_group = shared_group
         self.replay_batch = replay_batch
         self.stats = LinkStats()
+        # events and presence share one queue: nothing touches the database on paho's network thread
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._stop = threading.Event()
         self._wake_feed = threading.Event()
@@ -286,7 +294,7 @@ class CloudLink:
 
     def start(self) -> None:
         self.bus.subscribe(c.cloud_events_subscription(self.shared_group), self._enqueue)
-        self.bus.subscribe(f"{c.TOPIC_ROOT}/stations/+/state", self._on_presence)
+        self.bus.subscribe(f"{c.TOPIC_ROOT}/stations/+/state", self._enqueue)
         self.bus.add_connect_listener(self.notify_feed)
         for target, name in ((self._ingest_loop, "ingest"), (self._feed_loop, "feed")):
             t = threading.Thread(target=target, name=f"packline-cloud-{name}", daemon=True)
@@ -338,6 +346,9 @@ class CloudLink:
                 del e
 
     def handle(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/state"):
+            self._on_presence(topic, payload)
+            return
         try:
             _kind, station, _leaf = c.parse_topic(topic)
             env = c.decode(payload)
@@ -357,6 +368,7 @@ class CloudLink:
             self.replay(station, env.site, replay_from)
             return
         ack = self.store.apply_station_event(env)
+        self.notify_feed()  # applying may have added feed entries (order.updated)
         if ack.status == "applied":
             self.stats.feed_applied += 1
         elif ack.status == "duplicate":

@@ -201,7 +201,8 @@ def test_cloud_link_acks_through_a_bus(world: World) -> None:
     for _ in range(2):
         link.handle(c.station_events_topic("ST-DE-LEJ-1"), c.encode(env))
     assert [a.status for a in acks] == ["applied", "duplicate"]
-    assert link.publish_feed() == 1  # the release goes out on the site feed, then is marked published
+    # the release, then the order.updated(shipped) that closes it for other stations, go out on the feed
+    assert link.publish_feed() == 2
     assert world.store.unpublished_feed(10) == []
     link.handle(c.station_events_topic("ST-DE-LEJ-1"), b"{broken")
     with read_session(world.engine) as s:
@@ -213,9 +214,13 @@ def test_unknown_event_id_is_not_confused_with_another(world: World) -> None:
     env = packed_env(o)
     other = env.model_copy(update={"id": uuid.uuid4()})
     assert world.store.apply_station_event(env).status == "applied"
+    before = world.levels()
     ack = world.store.apply_station_event(other)  # a second, different event for a shipped order
-    assert ack.status == "rejected" and "already" in (ack.reason or "")
-    assert world.order(o["id"])["status"] == "shipped"
+    assert ack.status == "rejected" and "packed twice" in (ack.reason or "")
+    # two parcels exist for one order: that is an exception a manager resolves, not a silent reject
+    shown = world.order(o["id"])
+    assert shown["status"] == "exception" and "packed twice" in shown["reason"]
+    assert world.levels() == before  # the ledger posted once; the manager books what really left
 
 
 def test_replay_compacts_orders_that_closed_meanwhile(world: World) -> None:
@@ -237,6 +242,7 @@ def test_replay_compacts_orders_that_closed_meanwhile(world: World) -> None:
         (c.FEED_SKIP, shipped["id"], c.ORDER_RELEASED),
         (c.FEED_SKIP, cancelled["id"], c.ORDER_RELEASED),
         (c.ORDER_RELEASED, still_open["id"], None),
+        (c.FEED_SKIP, shipped["id"], c.ORDER_UPDATED),  # "shipped by ST-DE-LEJ-1": news only to holders
         (c.FEED_SKIP, cancelled["id"], c.ORDER_CANCELLED),
         (c.FEED_SKIP, late_cancel["id"], c.ORDER_RELEASED),
         (c.FEED_SKIP, late_cancel["id"], c.ORDER_CANCELLED),

@@ -363,3 +363,24 @@ def test_numeric_order_references_open_orders_even_if_they_look_like_gtins(bench
         assert opened.kind == K.ORDER_OPENED and opened.external_id == ext
         assert bench.engine.handle_scan(ean("SOCK-MW-42")).kind == K.PACKED
     assert bench.engine.handle_scan(decode_scan(b"96385076\r")).kind == K.BAD_SCAN  # no such order: a misread
+
+
+def test_an_order_another_station_packed_is_closed_here_and_refused_loudly(bench: Bench) -> None:
+    """Every station of a site gets every release; once one packs it, the cloud's order.updated
+    takes it off the others, even from under a packer who has it open."""
+    bench.scan(text("ACME-10001"), ean("TENT-2P-GRN"))  # our packer has started on it
+    shipped = c.OrderUpdatedBody(order_id="ORD-1", status="shipped", station="ST-DE-LEJ-2")
+    bench.replica.apply_feed(c.new_envelope(c.ORDER_UPDATED, site=SITE, seq=4, body=shipped))
+    order = bench.replica.get_order("ORD-1")
+    assert order is not None and order.status == "cancelled" and "ST-DE-LEJ-2" in str(order.cancel_reason)
+    assert "ORD-1" not in [o.order_id for o in bench.replica.open_orders()]
+    [v] = bench.scan(ean("MUG-TI-450"))
+    assert v.kind == K.ORDER_CANCELLED and v.message.startswith("PACKED ELSEWHERE") and not v.ok
+    [again] = bench.scan(text("ACME-10001"))
+    assert not again.ok and again.message.startswith("PACKED ELSEWHERE")
+    assert bench.zebra.jobs == [] and bench.outbox() == []  # no second label, no second event
+    # our own pack confirmed by the cloud changes nothing
+    bench.scan(text("NT-20001"))
+    own = c.OrderUpdatedBody(order_id="ORD-2", status="shipped", station=STATION)
+    bench.replica.apply_feed(c.new_envelope(c.ORDER_UPDATED, site=SITE, seq=5, body=own))
+    assert bench.replica.get_order("ORD-2").status == "packing"  # type: ignore[union-attr]

@@ -236,3 +236,34 @@ def test_presence_is_recorded(world) -> None:
     broker, store, cloud_store, station_bus, link, cloud = world
     link.publish_presence(online=True)
     assert cloud_store.presence["ST-1"]["online"] is True
+
+
+def test_a_gap_stays_asked_for_until_it_closes(world) -> None:
+    """The answer to a replay request can be read before a later entry is committed; an entry
+    that arrives while the request is throttled must be asked for again, not dropped for good."""
+    broker, store, cloud_store, station_bus, link, cloud = world
+    cloud_bus = broker.buses[1]
+    asked: list[int] = []
+    cloud_bus.subscribe(c.station_events_topic("ST-1"), lambda _t, p: asked.append(
+        c.decode(p).body.get("from_seq", -1)) if c.decode(p).type == c.REPLAY_REQUEST else None)
+
+    def entry(seq: int) -> bytes:
+        skip = c.FeedSkipBody(replaces=c.ORDER_RELEASED, reason="test")
+        return c.encode(c.new_envelope(c.FEED_SKIP, site="DE-LEJ", seq=seq, body=skip))
+
+    feed, cmd = c.site_feed_topic("DE-LEJ"), c.station_cmd_topic("ST-1")
+    cloud_store.feed_since = lambda *_a: []  # type: ignore[method-assign]  # answer by hand below
+    cloud_bus.publish(feed, entry(2))  # 1 missing -> ask from 0
+    cloud_bus.publish(feed, entry(3))  # still a gap, within the throttle: not asked again yet
+    assert asked == [0]
+    cloud_bus.publish(cmd, entry(1))
+    cloud_bus.publish(cmd, entry(2))  # the replay answer stops at 2
+    assert store.last_feed_seq() == 2
+    link._replay_asked_at = 0.0  # the throttle (1 s) has passed
+    link.pump()
+    assert asked == [0, 2]  # 3 is asked for again
+    cloud_bus.publish(cmd, entry(3))
+    assert store.last_feed_seq() == 3
+    link._replay_asked_at = 0.0
+    link.pump()
+    assert asked == [0, 2]  # gap closed: no more asking
