@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -174,6 +176,39 @@ def test_last_unit_is_reserved_exactly_once(engine: Engine, threads: int) -> Non
     assert _level(engine, "A") == (1, 1)
     with read_session(engine) as s:
         assert s.connection().execute(sa.select(sa.func.count()).select_from(Hold)).scalar_one() == 1
+    assert _invariants(engine) == []
+
+
+def _reserve_in_own_process(url: str, order_id: str, barrier: Any, results: Any) -> None:
+    """One racer = one OS process with its own engine, as two cloud API workers would be: on
+    SQLite nothing in-process serialises them, only the database does."""
+    eng = make_engine(url)
+    try:
+        barrier.wait(timeout=60)
+        with write_session(eng) as s:
+            got = ledger.reserve(s, tenant=T, site=SITE, order_id=order_id, lines=[("A", 1)])
+        results.put((order_id, got is not None))
+    except BaseException as e:  # reported by the parent
+        results.put((order_id, repr(e)))
+    finally:
+        eng.dispose()
+
+
+def test_last_unit_across_processes_is_reserved_exactly_once(engine: Engine, db_url: str) -> None:
+    _receive(engine, "A", 1)
+    ctx = multiprocessing.get_context("spawn")
+    n = 4
+    barrier = ctx.Barrier(n)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_reserve_in_own_process, args=(db_url, f"p{i}", barrier, results))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    got = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert sorted(got.values(), key=str) == [False] * (n - 1) + [True], got
+    assert _level(engine, "A") == (1, 1)
     assert _invariants(engine) == []
 
 
