@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from cloud import ledger
 from cloud.catalog import Sku
 from cloud.db import read_session, write_session
-from cloud.errors import FieldProblem, InvalidRequest
+from cloud.errors import Conflict, FieldProblem, InvalidRequest
 from cloud.models import Product, Site, table
 
 __all__ = ["ReceiptIn", "ReceiptResult", "level_dict", "list_stock", "receive_stock"]
@@ -53,7 +53,8 @@ def level_dict(lv: ledger.StockLevel) -> dict[str, Any]:
 
 
 def receive_stock(engine: Engine, tenant: str, receipt: ReceiptIn) -> ReceiptResult:
-    """Book a receipt; a repeated ``movement_id`` changes nothing (``applied`` is False)."""
+    """Book a receipt; a repeat of the same receipt under its ``movement_id`` changes nothing
+    (``applied`` is False); the id reused for a different receipt is a :class:`Conflict`."""
     movement_id = receipt.movement_id or uuid.uuid4()
     with write_session(engine) as s:
         conn = s.connection()
@@ -66,10 +67,18 @@ def receive_stock(engine: Engine, tenant: str, receipt: ReceiptIn) -> ReceiptRes
             problems.append(FieldProblem("/site", "unknown_site", f"no site {receipt.site!r}"))
         if problems:
             raise InvalidRequest("the receipt is not valid", errors=problems)
-        applied = ledger.receive(
-            s, tenant=tenant, sku=receipt.sku, site=receipt.site, qty=receipt.qty, movement_id=movement_id,
-            bin=receipt.bin, reason="receipt",
-        )
+        try:
+            applied = ledger.receive(
+                s, tenant=tenant, sku=receipt.sku, site=receipt.site, qty=receipt.qty, movement_id=movement_id,
+                bin=receipt.bin, reason="receipt",
+            )
+        except ledger.MovementIdReused:
+            # whose movement it was is not said: the id may be another tenant's
+            raise Conflict(
+                "movement_id was already used for a different movement; a retry must repeat the "
+                "same sku, site and qty, a new receipt needs a new id",
+                errors=[FieldProblem("/movement_id", "movement_id_reused", "already used for a different movement")],
+            ) from None
         (level,) = ledger.stock_levels(s, tenant, sku=receipt.sku, site=receipt.site)
     return ReceiptResult(movement_id, applied, level)
 

@@ -294,6 +294,36 @@ def test_receipts_are_idempotent_by_movement_id(api: Api) -> None:
     assert api.invariants() == []
 
 
+@pytest.mark.parametrize("change", [
+    {"sku": "HEAD-300", "qty": 500},  # another sku, with stock
+    {"sku": "TENT-2P-GRN", "site": "NL-VNL"},  # a (sku, site) that has no stock row yet
+    {"qty": 11},
+])
+def test_a_movement_id_reused_for_another_receipt_is_a_conflict_and_changes_nothing(
+    api: Api, change: dict[str, Any]
+) -> None:
+    mid = str(uuid.uuid4())
+    receipt = {"sku": "GAS-230", "site": "DE-LEJ", "qty": 5, "movement_id": mid}
+    assert api.client.post("/v1/inventory/receipts", json=receipt, headers=api.auth()).status_code == 201
+    before = api.client.get("/v1/inventory", headers=api.auth()).json()
+    again = api.client.post("/v1/inventory/receipts", json={**receipt, **change}, headers=api.auth())
+    assert again.status_code == 409, again.text
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert [(e["pointer"], e["code"]) for e in again.json()["errors"]] == [("/movement_id", "movement_id_reused")]
+    assert api.client.get("/v1/inventory", headers=api.auth()).json() == before
+    assert api.invariants() == []
+
+
+def test_another_tenants_movement_id_is_a_conflict_not_a_500(api: Api) -> None:
+    mid = str(uuid.uuid4())
+    mine = {"sku": "GAS-230", "site": "DE-LEJ", "qty": 5, "movement_id": mid}
+    assert api.client.post("/v1/inventory/receipts", json=mine, headers=api.auth()).status_code == 201
+    theirs = {"sku": "TEA-EG-100", "site": "NL-VNL", "qty": 5, "movement_id": mid}
+    r = api.client.post("/v1/inventory/receipts", json=theirs, headers=api.auth("nordic-tea"))
+    assert r.status_code == 409 and "GAS-230" not in r.text  # nothing of the other tenant leaks
+    assert api.invariants() == []
+
+
 # --- the rest of the surface ------------------------------------------------------------------------------
 def test_docs_openapi_health_and_unknown_routes(api: Api) -> None:
     assert api.client.get("/healthz").json() == {"status": "ok", "database": "ok"}

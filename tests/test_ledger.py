@@ -91,6 +91,24 @@ def test_receipt_is_idempotent_by_movement_id(engine: Engine) -> None:
     assert _invariants(engine) == []
 
 
+def test_a_movement_id_booked_for_something_else_is_refused(engine: Engine) -> None:
+    mid = uuid.uuid4()
+    assert _receive(engine, "A", 5, mid=mid) is True
+    with pytest.raises(ledger.MovementIdReused):
+        _receive(engine, "A", 6, mid=mid)
+    with pytest.raises(ledger.MovementIdReused):
+        _receive(engine, "B", 5, mid=mid)
+    with pytest.raises(ledger.MovementIdReused), write_session(engine) as s:
+        ledger.adjust(s, tenant=T, sku="A", site=SITE, delta=5, movement_id=mid, reason="found")
+    adj = uuid.uuid4()
+    with write_session(engine) as s:
+        assert ledger.adjust(s, tenant=T, sku="A", site=SITE, delta=-1, movement_id=adj, reason="damaged")
+    with pytest.raises(ledger.MovementIdReused), write_session(engine) as s:
+        ledger.adjust(s, tenant=T, sku="A", site=SITE, delta=-2, movement_id=adj, reason="damaged")
+    assert _level(engine, "A") == (4, 0)
+    assert _invariants(engine) == []
+
+
 def test_reserve_post_void_roundtrip(engine: Engine) -> None:
     _receive(engine, "A", 5)
     _receive(engine, "B", 1)

@@ -7,7 +7,14 @@ Kits and cases are deliberately simple for now: a case SKU (``contains``) and a 
 a case into units yet.
 """
 
-from cloud.ledger.rules import Balance, LedgerTotals, StockRuleError, apply_movement, invariant_violations
+from cloud.ledger.rules import (
+    Balance,
+    LedgerTotals,
+    MovementIdReused,
+    StockRuleError,
+    apply_movement,
+    invariant_violations,
+)
 from cloud.ledger.store import (
     HoldRef,
     SiteStock,
@@ -28,6 +35,7 @@ __all__ = [
     "Balance",
     "HoldRef",
     "LedgerTotals",
+    "MovementIdReused",
     "SiteStock",
     "StockLevel",
     "StockRuleError",

@@ -21,6 +21,7 @@ __all__ = [
     "Balance",
     "BalanceKey",
     "LedgerTotals",
+    "MovementIdReused",
     "StockRuleError",
     "apply_movement",
     "invariant_violations",
@@ -31,6 +32,15 @@ BalanceKey = tuple[str, str, str]  # (tenant, sku, site)
 
 class StockRuleError(ValueError):
     """A movement that the rules refuse (not enough available, non-positive quantity, ...)."""
+
+
+class MovementIdReused(StockRuleError):
+    """A movement id that was already booked for a different movement (another sku, site,
+    quantity, kind or tenant): a client bug, never a repeat to be answered "already applied"."""
+
+    def __init__(self, movement_id: object) -> None:
+        super().__init__(f"movement id {movement_id} was already used for a different movement")
+        self.movement_id = movement_id
 
 
 @dataclass(frozen=True)

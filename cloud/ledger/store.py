@@ -30,7 +30,14 @@ from sqlmodel import Session
 from cloud.db import dialect_insert
 from cloud.dbtypes import utcnow
 from cloud.ids import stable_uuid
-from cloud.ledger.rules import Balance, BalanceKey, LedgerTotals, StockRuleError, invariant_violations
+from cloud.ledger.rules import (
+    Balance,
+    BalanceKey,
+    LedgerTotals,
+    MovementIdReused,
+    StockRuleError,
+    invariant_violations,
+)
 from cloud.models import Balance as BalanceRow
 from cloud.models import Hold, Movement, table
 
@@ -106,6 +113,20 @@ def _insert_movement(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     return count
 
 
+def _book_once(conn: Connection, row: dict[str, Any]) -> bool:
+    """Insert one movement given by its caller's id: True if new, False if exactly this movement
+    was booked before, :class:`MovementIdReused` if the id was booked for something else."""
+    if _insert_movement(conn, [row]):
+        return True
+    keys = ("tenant", "sku", "site", "kind", "qty")
+    existing = conn.execute(
+        sa.select(*(MOVEMENTS.c[k] for k in keys)).where(MOVEMENTS.c.id == row["id"])
+    ).first()
+    if existing is None or tuple(existing) != tuple(row[k] for k in keys):
+        raise MovementIdReused(row["id"])
+    return False
+
+
 # --- receipts and adjustments ---------------------------------------------------------------
 def receive(
     session: Session,
@@ -118,12 +139,13 @@ def receive(
     bin: str | None = None,
     reason: str | None = None,
 ) -> bool:
-    """Book ``qty`` units in. False (and no change) when ``movement_id`` was applied before."""
+    """Book ``qty`` units in. False (and no change) when this receipt was booked before under
+    ``movement_id``; :class:`MovementIdReused` when that id was booked for another movement."""
     if qty <= 0:
         raise StockRuleError(f"a receipt needs a positive quantity, got {qty}")
     conn = _conn(session)
     row = {"id": movement_id, "tenant": tenant, "sku": sku, "site": site, "kind": "receipt", "qty": qty}
-    if not _insert_movement(conn, [dict(row, reason=reason)]):
+    if not _book_once(conn, dict(row, reason=reason)):
         return False
     ins = dialect_insert(conn, BALANCES).values(tenant=tenant, sku=sku, site=site, on_hand=qty, reserved=0, bin=bin)
     conn.execute(
@@ -154,7 +176,7 @@ def adjust(
         raise StockRuleError("an adjustment of 0 changes nothing")
     conn = _conn(session)
     row = {"id": movement_id, "tenant": tenant, "sku": sku, "site": site, "kind": "adjust", "qty": delta}
-    if not _insert_movement(conn, [dict(row, reason=reason)]):
+    if not _book_once(conn, dict(row, reason=reason)):
         return False
     if delta > 0:
         ins = dialect_insert(conn, BALANCES).values(tenant=tenant, sku=sku, site=site, on_hand=delta, reserved=0)
