@@ -382,3 +382,40 @@ def test_merchants_look_orders_up_by_their_reference_and_fetch_the_label(api: Ap
     assert api.client.get(f"/v1/orders/{created['id']}/label").status_code == 401
     api.client.post(f"/v1/orders/{created['id']}/cancel", headers=api.auth())
     assert api.client.get(f"/v1/orders/{created['id']}/label", headers=api.auth()).status_code == 404
+
+
+# --- control characters (PostgreSQL cannot store NUL; nothing of ours wants C0 controls) ------------------
+@pytest.mark.parametrize(("method", "path", "body", "where"), [
+    ("post", "/v1/products", {"sku": "CTRL-1", "name": "Bad\x00name", "gtins": ["4006381333979"], "weight_g": 1},
+     {"pointer": "/name"}),
+    ("post", "/v1/orders", {**{k: v for k, v in ORDERS[0].items() if k != "tenant"}, "channel": "web\x00"},
+     {"pointer": "/channel"}),
+    ("post", "/v1/inventory/receipts", {"sku": "GAS-230", "site": "DE-LEJ", "qty": 1, "bin": "A\x1b[2J"},
+     {"pointer": "/bin"}),
+    ("put", "/v1/webhook", {"url": "https://example.com/\x00"}, {"pointer": "/url"}),
+    ("get", "/v1/orders?external_id=a%00b", None, {"parameter": "external_id"}),
+    ("get", "/v1/orders/a%00b", None, {"parameter": "order_id"}),
+    ("get", "/v1/inventory?sku=a%00b", None, {"parameter": "sku"}),
+    ("post", "/v1/orders/a%00b/cancel", {"reason": "x"}, {"parameter": "order_id"}),
+])
+def test_control_characters_anywhere_are_a_422_with_their_place_and_change_nothing(
+    api: Api, method: str, path: str, body: dict[str, Any] | None, where: dict[str, str]
+) -> None:
+    counts = {t: api.count(t) for t in ("products", "orders", "movements")}
+    stock = api.client.get("/v1/inventory", headers=api.auth()).json()
+    r = api.client.request(method, path, json=body, headers=api.auth())
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    (error,) = r.json()["errors"]
+    assert error["code"] == "control_character" and where.items() <= error.items(), error
+    assert {t: api.count(t) for t in counts} == counts
+    assert api.client.get("/v1/inventory", headers=api.auth()).json() == stock
+    assert api.client.get("/v1/webhook", headers=api.auth()).json()["url"] is None
+
+
+def test_text_with_tabs_newlines_and_escaped_backslashes_still_goes_through(api: Api) -> None:
+    product = {"sku": "TAB-1", "name": "Line one\nline\ttwo \\u0000 (literally)", "gtins": ["4006381333979"],
+               "weight_g": 1}
+    r = api.client.post("/v1/products", json=product, headers=api.auth())
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == product["name"]

@@ -11,11 +11,14 @@ the handlers close over dependencies built inside :func:`create_app`.
 """
 
 import html
-from collections.abc import AsyncIterator, Callable
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +44,52 @@ class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(max_length=2000, pattern=r"^https?://[^\s]+$")
+
+
+# C0 controls but tab/LF/CR, and DEL: PostgreSQL cannot store NUL, and none of them belongs in a
+# name, a SKU, a reason or a URL. JSON carries them only as \\u escapes (raw ones are invalid JSON).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_ESCAPE = re.compile(rb"\\u00(?:[01][0-9a-fA-F]|7[fF])")
+
+
+def _strings(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Every string of a parsed JSON document (keys too) with its path."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield path + (k,), k
+            yield from _strings(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, path + (i,))
+
+
+async def _refuse_control_characters(request: Request) -> None:
+    """Every v1 request: a control character in a path or query parameter or anywhere in the
+    JSON body is a 422 with its location, before any handler (or database) sees it."""
+    errors: list[dict[str, Any]] = []
+
+    def bad(loc: tuple[str | int, ...]) -> None:
+        errors.append({"type": "control_character", "loc": loc, "msg": "contains a control character"})
+
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and _CONTROL.search(value):
+            bad(("path", name))
+    for name, value in request.query_params.multi_items():
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            bad(("query", name))
+    body = await request.body()  # Starlette caches it for the body parameter
+    if body and _CONTROL_ESCAPE.search(body):
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None  # FastAPI answers json_invalid itself
+        for path, text in _strings(document):
+            if _CONTROL.search(text):
+                bad(("body", *path))
+    if errors:
+        raise RequestValidationError(errors)
 
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="apiKey", description="Authorization: Bearer <api key>")
@@ -105,7 +154,8 @@ def _tenant_dependency(engine: Engine) -> Callable[..., TenantContext]:
 
 
 def _v1_routes(engine: Engine, orders: OrderService) -> APIRouter:
-    router = APIRouter(prefix="/v1", responses={401: _PROBLEM, 422: _PROBLEM})
+    router = APIRouter(prefix="/v1", responses={401: _PROBLEM, 422: _PROBLEM},
+                       dependencies=[Depends(_refuse_control_characters)])
     Tenant = Annotated[TenantContext, Depends(_tenant_dependency(engine))]
 
     @router.post("/orders", status_code=201, responses={409: _PROBLEM, 503: _PROBLEM}, tags=["orders"])
