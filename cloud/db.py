@@ -104,7 +104,10 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on disk before it returns. The ingest acks a station's event after
+            # its commit and the station then drops it from its outbox; with NORMAL a power cut
+            # could lose an acked order.packed for good.
+            cur.execute("PRAGMA synchronous=FULL")
         finally:
             cur.close()
 

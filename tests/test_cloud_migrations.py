@@ -87,3 +87,14 @@ def test_sqlite_readers_do_not_queue_behind_a_writer(sqlite_url: str) -> None:
             assert s.connection().execute(sa.text("SELECT name FROM sites")).scalar_one() == "new"
     finally:
         engine.dispose()
+
+
+def test_a_sqlite_cloud_database_commits_durably(sqlite_url: str) -> None:
+    """WAL with synchronous=FULL: an event the ingest acked survives a power cut (NORMAL may lose it)."""
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        engine.dispose()
