@@ -100,6 +100,8 @@ class StationLink:
         software: str | None = None,
         on_change: Callable[[], None] | None = None,
         on_rejected: Callable[[AckBody], None] | None = None,
+        hello_interval_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.station = station
         self.site = site
@@ -113,6 +115,11 @@ class StationLink:
         self._lock = threading.RLock()  # feed application and outbox pumping are serialised
         self._replay_asked_at: float = 0.0
         self._seen_high = 0  # highest feed seq seen; above last_feed_seq means a gap is still open
+        # hello again every hello_interval_s: the heartbeat on the state topic, and the repair for
+        # a feed entry lost on its way to the broker at a quiet site (no later entry shows the gap)
+        self.hello_interval_s = hello_interval_s
+        self._clock = clock
+        self._hello_at: float | None = None
         self.last_error: str | None = None
 
     # -- wiring ---------------------------------------------------------------------
@@ -130,6 +137,7 @@ class StationLink:
         self.pump()
 
     def _say_hello(self) -> None:
+        self._hello_at = self._clock()
         body = c.HelloBody(
             last_feed_seq=self.store.last_feed_seq(),
             outbox_depth=self.store.outbox_depth(),
@@ -155,10 +163,13 @@ class StationLink:
     def pump(self, limit: int = 200) -> int:
         """Publish what is due; returns how many were handed to the client. Cheap when idle.
         Also re-asks for a replay while a feed gap stays open (the answer to the first ask may
-        have been read before the missing entry was committed)."""
+        have been read before the missing entry was committed), and says hello again when the
+        last one is ``hello_interval_s`` old."""
         if not self.bus.connected:
             return 0
         with self._lock:
+            if self._hello_at is not None and self._clock() - self._hello_at >= self.hello_interval_s:
+                self._say_hello()
             self._ask_replay_if_gap()
             rows = self.store.outbox_due(self.resend_after_s, limit)
             sent: list[int] = []

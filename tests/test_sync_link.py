@@ -267,3 +267,31 @@ def test_a_gap_stays_asked_for_until_it_closes(world) -> None:
     link._replay_asked_at = 0.0
     link.pump()
     assert asked == [0, 2]  # gap closed: no more asking
+
+
+def test_a_feed_entry_lost_before_the_broker_reaches_a_quiet_site_at_the_next_hello(tmp_path: Path) -> None:
+    """The cloud marked an entry published, but it never reached the broker (the cloud died with
+    it in paho's memory). No later entry shows the gap; the station's periodic hello repairs it."""
+    now = [1000.0]
+    broker = MemoryBroker()
+    store = SqliteStationStore(tmp_path / "replica.db")
+    cloud_store = FakeCloudStore()
+    station_bus, cloud_bus = broker.bus("station"), broker.bus("cloud")
+    link = StationLink(station="ST-1", site="DE-LEJ", bus=station_bus, store=store, hello_interval_s=30,
+                       clock=lambda: now[0])
+    cloud = CloudLink(bus=cloud_bus, store=cloud_store)
+    cloud_bus.subscribe(c.cloud_events_subscription(), cloud.handle)
+    link.start()
+    hellos = []
+    cloud_bus.subscribe(c.station_events_topic("ST-1"),
+                        lambda _t, p: hellos.append(1) if c.decode(p).type == c.STATION_HELLO else None)
+    cloud_store.add_release("DE-LEJ", "ord_1")
+    cloud_store.mark_feed_published(cloud_store.feed)  # "published": lost on the way
+    now[0] += 29
+    link.pump()
+    assert store.applied() == [] and hellos == []
+    now[0] += 1
+    link.pump()
+    assert hellos == [1] and store.applied() == [1]
+    link.pump()
+    assert hellos == [1]  # not again until the next interval
