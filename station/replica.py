@@ -154,9 +154,19 @@ _V2 = (
     "CREATE INDEX scans_order ON scans(order_id, at)",
 )
 
+_V3 = (
+    # whose replica this is: the feed position means nothing for another site's feed
+    """CREATE TABLE identity (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        station TEXT NOT NULL,
+        site    TEXT NOT NULL
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "orders, lines, scans, feed state, outbox", _V1, before=Outbox.create_schema),
     Migration(2, "pack timings, scanned lots per line", _V2),
+    Migration(3, "the station and site the replica belongs to", _V3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "migrations are numbered 1..N"
@@ -323,9 +333,57 @@ class Replica:
         self._conn = connect(self.path)
         try:
             migrate(self._conn)
+            if not self._claim_identity():
+                self._conn.close()
+                self._archive()
+                self._conn = connect(self.path)
+                migrate(self._conn)
+                self._claim_identity()
         except BaseException:
             self._conn.close()
             raise
+
+    def _claim_identity(self) -> bool:
+        """Record (station, site) in a new replica (or one made before v3); True when the replica
+        is this station's. A replica of another site with an empty outbox is False (it is archived
+        and a fresh one made); with events still unacked it is refused: they must not be lost."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT station, site FROM identity WHERE id = 1").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO identity(id, station, site) VALUES (1, ?, ?)", (self.station, self.site))
+                conn.execute("COMMIT")
+                return True
+            depth = Outbox.depth(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if tuple(row) == (self.station, self.site):
+            return True
+        if depth:
+            raise ReplicaError(
+                f"replica {self.path} belongs to station {row[0]} at site {row[1]}, not {self.station} at "
+                f"{self.site}, and {depth} of its events are not acked by the cloud yet: run the station "
+                f"as {row[0]} at {row[1]} until its outbox is empty, then re-enrol"
+            )
+        return False
+
+    def _archive(self) -> None:
+        """Move another site's (fully synced) replica aside; the new one starts from seq 0."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.stem}.before-{stamp}{self.path.suffix}")
+        conn = sqlite3.connect(str(self.path), isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything into the main file
+        finally:
+            conn.close()
+        self.path.rename(target)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        log.warning("replica %s belonged to another station or site; kept it as %s and started a new one",
+                    self.path, target)
 
     def close(self) -> None:
         with self._lock:

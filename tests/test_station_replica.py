@@ -99,7 +99,7 @@ def test_a_v1_replica_upgrades_in_place_keeping_its_data(tmp_path: Path) -> None
 
     replica = Replica(path, station=STATION, site=SITE)
     try:
-        assert replica.schema_version == SCHEMA_VERSION == 2
+        assert replica.schema_version == SCHEMA_VERSION == 3
         order = replica.packing_order()
         assert order is not None and order.order_id == body.order_id
         assert order.started_at is None and order.lines[0].scanned == 1 and order.lines[0].lots == ()
@@ -287,3 +287,47 @@ def test_a_feed_skip_advances_the_sequence_and_changes_nothing(replica: Replica)
     assert replica.last_feed_seq() == 3
     assert [o.order_id for o in replica.open_orders()] == ["ORD-1", "ORD-2"]
     assert replica.get_order("ORD-OLD") is None and replica.feed_rejects() == []
+
+
+def test_a_replica_knows_its_site_and_a_move_to_another_site_starts_from_seq_0(tmp_path: Path) -> None:
+    """Re-enrolling a station for another site must not keep the old site's feed position: the new
+    site's entries 1..N would be dropped as duplicates and those releases never reach the bench."""
+    path = tmp_path / "replica.db"
+    first = Replica(path, station=STATION, site=SITE)
+    for seq in range(1, 4):
+        first.apply_feed(release_env(seq, order_socks() if seq == 1 else order_tea().model_copy(
+            update={"order_id": f"ORD-T{seq}"})))
+    assert first.last_feed_seq() == 3
+    first.close()
+
+    again = Replica(path, station=STATION, site=SITE)  # same identity: same replica
+    assert again.last_feed_seq() == 3
+    again.close()
+
+    moved = Replica(path, station=STATION, site="PL-POZ")
+    try:
+        assert moved.last_feed_seq() == 0 and moved.open_orders() == []
+        moved.apply_feed(release_env(1, order_acme(), site="PL-POZ"))  # the new site's first entry applies
+        assert moved.last_feed_seq() == 1
+    finally:
+        moved.close()
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("replica.before-")]
+    assert len(kept) == 1  # the old site's replica is kept, not deleted
+    old = sqlite3.connect(kept[0])
+    assert old.execute("SELECT last_feed_seq FROM feed_state").fetchone()[0] == 3
+
+
+def test_a_replica_with_unacked_events_is_never_thrown_away_for_another_site(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    r = Replica(path, station=STATION, site=SITE)
+    with r._tx() as conn:
+        Outbox(station=STATION, site=SITE).append(conn, c.ORDER_PACKED, _packed_body("ORD-X"), tenant="acme-outdoor")
+    r.close()
+    with pytest.raises(ReplicaError, match=r"1 of its events are not acked"):
+        Replica(path, station=STATION, site="PL-POZ")
+    back = Replica(path, station=STATION, site=SITE)
+    try:
+        assert back.outbox_depth() == 1  # nothing was lost
+    finally:
+        back.close()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("replica.before-")] == []
