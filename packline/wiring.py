@@ -50,6 +50,8 @@ class SimulatedPacker:
         self.scanner = scanner
         self.poll_s = poll_s
         self.packed: list[str] = []
+        self.failed: dict[str, str] = {}
+        """Orders this packer set aside, with the reason."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"packer-{runtime.config.station_id}", daemon=True)
 
@@ -63,17 +65,26 @@ class SimulatedPacker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            orders = self.runtime.replica.open_orders(limit=1)
+            # an order this packer could not pack is set aside (as a person would call a
+            # supervisor), never retried in a loop that keeps every later order waiting
+            orders = [o for o in self.runtime.replica.open_orders(limit=len(self.failed) + 1)
+                      if o.order_id not in self.failed]
             if not orders:
                 self._stop.wait(self.poll_s)
                 continue
             try:
                 self.pack(orders[0])
-            except Exception:
-                log.exception("simulated packer at %s failed", self.runtime.config.station_id)
-                self._stop.wait(1.0)
+            except Exception as e:
+                self.failed[orders[0].order_id] = f"{type(e).__name__}: {e}"
+                log.error("simulated packer at %s set order %s aside: %s", self.runtime.config.station_id,
+                          orders[0].external_id, self.failed[orders[0].order_id])
+                self.runtime.request_abort()  # free the bench: the next slip may be scanned
+                self.runtime.wait_idle(5.0)
 
     def pack(self, order: Order, timeout_s: float = 30.0) -> None:
+        unscannable = [line.sku for line in order.lines if not line.gtins]
+        if unscannable:
+            raise ValueError(f"no barcode to scan for {', '.join(unscannable)}")
         self.scanner.scan_text(order.external_id)
         for line in order.lines:
             gtin = line.gtins[0]

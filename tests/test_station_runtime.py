@@ -268,3 +268,29 @@ def test_stop_says_offline_and_releases_the_devices(
     assert c.decode(retained).body["online"] is False
     with pytest.raises(RuntimeError, match="cannot be started again"):
         st.runtime.start()
+
+
+def test_the_demo_packer_sets_an_unpackable_order_aside_and_packs_the_next(
+    start_station: StartStation, cloud: FakeCloud, scanner: SimulatedScanner
+) -> None:
+    """One order the simulated packer cannot pack (a line without any barcode) must not keep
+    every later order of the station waiting behind it."""
+    from packline.wiring import SimulatedPacker
+
+    socks = order_socks()
+    no_barcode = socks.model_copy(update={
+        "order_id": "ORD-NOBARCODE", "external_id": "ACME-NOBC",
+        "lines": [socks.lines[0].model_copy(update={"gtins": []})],
+    })
+    cloud.release(no_barcode)
+    cloud.release(order_acme())
+    st = start_station()
+    wait_until(lambda: st.runtime.replica.last_feed_seq() == 2, what="both releases")
+    packer = SimulatedPacker(st.runtime, scanner)
+    packer.start()
+    try:
+        wait_until(lambda: order_acme().order_id in packer.packed, timeout_s=20, what="the next order packed")
+    finally:
+        packer.stop()
+    assert "no barcode to scan for SOCK-MW-42" in packer.failed["ORD-NOBARCODE"]
+    assert [p.order_id for p in cloud.packed()] == [order_acme().order_id]
