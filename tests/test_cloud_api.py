@@ -207,6 +207,34 @@ def test_missing_customs_data_is_refused(api: Api) -> None:
     assert api.post_order(o).json()["status"] == "released"
 
 
+def test_customs_data_is_checked_for_the_site_that_really_ships(api: Api) -> None:
+    """The nearest site (London, domestic: no declaration) has no stock, so Leipzig ships to London:
+    that parcel needs the HS code the product lacks. Refused, and nothing stays reserved."""
+    from cloud.db import write_session
+    from cloud.models import Site
+
+    with write_session(api.engine) as s:
+        s.add(Site(id="GB-LON", name="London", country="GB", postal_code="E16 2QU", city="London",
+                   street="1 Dock Road", lat=51.507, lon=0.03, timezone="Europe/London"))
+    product = {"sku": "NO-HS", "name": "Mystery box", "gtins": ["4006381333986"], "weight_g": 500,
+               "origin": "DE", "value": "10.00", "currency": "EUR"}
+    assert api.client.post("/v1/products", json=product, headers=api.auth()).status_code == 201
+    for site, qty in (("DE-LEJ", 5), ("GB-LON", 1)):
+        r = api.client.post("/v1/inventory/receipts", json={"sku": "NO-HS", "site": site, "qty": qty},
+                            headers=api.auth())
+        assert r.status_code == 201
+    o = order("ACME-10006")  # to London
+    o["lines"] = [{"sku": "NO-HS", "qty": 1}]
+    first = api.post_order(o)
+    assert first.status_code == 201 and first.json()["site"] == "GB-LON"  # domestic: no declaration needed
+    o["external_id"] = "ACME-LON-2"
+    assert _pointers(api.post_order(o)) == {"/lines/0/sku": "missing_hs_code"}  # London is empty now
+    levels = {i["site"]: i["reserved"] for i in api.client.get("/v1/inventory", params={"sku": "NO-HS"},
+                                                               headers=api.auth()).json()["items"]}
+    assert levels == {"DE-LEJ": 0, "GB-LON": 1}
+    assert api.invariants() == []
+
+
 def test_malformed_json_is_a_problem(api: Api) -> None:
     r = api.client.post("/v1/orders", content=b"{nope", headers={**api.auth(), "content-type": "application/json"})
     assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM)

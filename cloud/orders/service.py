@@ -263,8 +263,15 @@ class OrderService:
                 "the order is not valid",
                 errors=[FieldProblem("/ship_to/country", "unsupported_country", f"we do not ship to {dest}")],
             ) from None
-        # customs data is checked against the site that will ship; a backorder against every site
-        origins = [sites[ranked[0]].country] if ranked else sorted({site.country for site in sites.values()})
+        oid = new_order_id()
+        site_id: str | None = None
+        for sid in ranked:  # nearest first; a concurrent order may have taken the stock meanwhile
+            if ledger.reserve(s, tenant=tenant.id, site=sid, order_id=oid, lines=wanted.items()) is not None:
+                site_id = sid
+                break
+        # customs data is checked against the site that will ship (raising rolls its reservation
+        # back); a backorder against every site, as any of them may ship it later
+        origins = [sites[site_id].country] if site_id else sorted({site.country for site in sites.values()})
         customs_lines = [(line.sku, _customs_data(products.get(line.sku))) for line in order.lines]
         for origin in origins:
             found = customs_problems(customs_lines, dest, origin, dest_postal_code=ship_to.get("postal_code"))
@@ -273,13 +280,6 @@ class OrderService:
                     f"customs data is missing for a parcel from {origin} to {dest}",
                     errors=[FieldProblem(p.pointer, p.code, p.detail) for p in found],
                 )
-
-        oid = new_order_id()
-        site_id: str | None = None
-        for sid in ranked:  # nearest first; a concurrent order may have taken the stock meanwhile
-            if ledger.reserve(s, tenant=tenant.id, site=sid, order_id=oid, lines=wanted.items()) is not None:
-                site_id = sid
-                break
         now = utcnow()
         row: dict[str, Any] = {
             "id": oid,
