@@ -139,6 +139,79 @@ def test_out_of_stock_is_backordered_without_reservation_or_label(api: Api) -> N
     assert api.count("holds") == 0 and api.count("shipments") == 0 and api.count("feed") == 0
 
 
+def _receive(api: Api, sku: str, site: str, qty: int) -> dict[str, Any]:
+    r = api.client.post("/v1/inventory/receipts", json={"sku": sku, "site": site, "qty": qty}, headers=api.auth())
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def test_a_backorder_is_released_when_its_stock_arrives(api: Api) -> None:
+    api.client.put("/v1/webhook", json={"url": "https://merchant.example/hooks"}, headers=api.auth())
+    older, newer = order("ACME-10001"), order("ACME-10001")
+    older["external_id"], newer["external_id"] = "ACME-BACK-1", "ACME-BACK-2"
+    older["lines"] = newer["lines"] = [{"sku": "HEAD-300", "qty": 26}]  # 25 on hand, in Leipzig
+    first, second = api.post_order(older).json(), api.post_order(newer).json()
+    assert first["status"] == second["status"] == "backordered"
+
+    assert _receive(api, "HEAD-300", "PL-POZ", 10)["backorders_released"] == []  # Poznań 10: not enough
+    receipt = _receive(api, "HEAD-300", "DE-LEJ", 1)  # Leipzig 26: enough for one of them
+    assert receipt["backorders_released"] == [first["id"]]  # the older first
+    got = api.client.get(f"/v1/orders/{first['id']}", headers=api.auth()).json()
+    assert (got["status"], got["site"], got["reason"]) == ("released", "DE-LEJ", None)
+    assert is_valid_s10(got["shipment"]["tracking_number"])
+    assert api.client.get(f"/v1/orders/{second['id']}", headers=api.auth()).json()["status"] == "backordered"
+    (release,) = [e for e in feed_envelopes(api.engine) if e.type == c.ORDER_RELEASED]
+    assert release.site == "DE-LEJ" and release.body["order_id"] == first["id"]
+    assert api.count("webhook_deliveries") >= 1
+    with read_session(api.engine) as s:
+        hooks = s.connection().execute(sa.text("SELECT event_type, payload FROM webhook_deliveries")).all()
+    assert [t for t, p in hooks if first["id"] in p] == ["order.released"]
+    stock = api.client.get("/v1/inventory", params={"sku": "HEAD-300", "site": "DE-LEJ"}, headers=api.auth())
+    assert {k: stock.json()["items"][0][k] for k in ("on_hand", "reserved")} == {"on_hand": 26, "reserved": 26}
+    assert api.invariants() == []
+
+
+def test_a_cancel_that_frees_stock_releases_a_backorder(api: Api) -> None:
+    big = order("ACME-10001")
+    big["external_id"], big["lines"] = "ACME-ALL-GAS", [{"sku": "HEAD-300", "qty": 25}]  # every lamp
+    held = api.post_order(big).json()
+    assert held["status"] == "released"
+    waiting = order("ACME-10001")
+    waiting["external_id"], waiting["lines"] = "ACME-ONE-GAS", [{"sku": "HEAD-300", "qty": 1}]
+    backordered = api.post_order(waiting).json()
+    assert backordered["status"] == "backordered"
+    assert api.client.post(f"/v1/orders/{held['id']}/cancel", headers=api.auth()).json()["status"] == "cancelled"
+    got = api.client.get(f"/v1/orders/{backordered['id']}", headers=api.auth()).json()
+    assert got["status"] == "released" and got["shipment"] is not None
+    assert api.invariants() == []
+
+
+def test_a_backorder_the_carrier_refuses_does_not_hold_up_the_ones_after_it(api: Api) -> None:
+    heavy = order("ACME-10001")
+    heavy["external_id"] = "ACME-88KG"
+    heavy["lines"] = [{"sku": "TENT-2P-GRN", "qty": 41}, {"sku": "HEAD-300", "qty": 1}]  # 88 kg: no label
+    light = order("ACME-10001")
+    light["external_id"], light["lines"] = "ACME-LAMPS", [{"sku": "HEAD-300", "qty": 26}]
+    heavy_id, light_id = api.post_order(heavy).json()["id"], api.post_order(light).json()["id"]
+    assert _receive(api, "TENT-2P-GRN", "DE-LEJ", 1)["backorders_released"] == []  # the carrier says no
+    assert _receive(api, "HEAD-300", "DE-LEJ", 1)["backorders_released"] == [light_id]
+    assert api.client.get(f"/v1/orders/{heavy_id}", headers=api.auth()).json()["status"] == "backordered"
+    assert api.count("holds") == 1 and api.invariants() == []
+
+
+def test_a_repeated_receipt_releases_nothing_twice(api: Api) -> None:
+    o = order("ACME-10001")
+    o["external_id"], o["lines"] = "ACME-BACK-R", [{"sku": "HEAD-300", "qty": 26}]
+    created = api.post_order(o).json()
+    mid = str(uuid.uuid4())
+    receipt = {"sku": "HEAD-300", "site": "DE-LEJ", "qty": 1, "movement_id": mid}
+    first = api.client.post("/v1/inventory/receipts", json=receipt, headers=api.auth()).json()
+    again = api.client.post("/v1/inventory/receipts", json=receipt, headers=api.auth()).json()
+    assert first["backorders_released"] == [created["id"]] and again["backorders_released"] == []
+    assert api.count("holds") == 1 and api.count("shipments") == 1
+    assert api.invariants() == []
+
+
 # --- idempotency -------------------------------------------------------------------------------------
 def test_idempotency_key_replays_the_first_response(api: Api) -> None:
     o = order("ACME-10001")

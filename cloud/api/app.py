@@ -203,11 +203,16 @@ def _v1_routes(engine: Engine, orders: OrderService) -> APIRouter:
 
     @router.post("/inventory/receipts", status_code=201, tags=["inventory"])
     def post_receipt(receipt: ReceiptIn, tenant: Tenant, response: Response) -> dict[str, Any]:
-        """Book stock in; repeating a ``movement_id`` books nothing and answers 200."""
+        """Book stock in; repeating a ``movement_id`` books nothing and answers 200. Backordered
+        orders of this sku that can now ship are released (``backorders_released``)."""
         result = receive_stock(engine, tenant.id, receipt)
-        if not result.applied:
+        released: list[str] = []
+        if result.applied:
+            released = orders.release_backorders(tenant, [receipt.sku])
+        else:
             response.status_code = 200
-        return {"movement_id": str(result.movement_id), "applied": result.applied, "stock": level_dict(result.level)}
+        return {"movement_id": str(result.movement_id), "applied": result.applied, "stock": level_dict(result.level),
+                "backorders_released": released}
 
     @router.get("/webhook", tags=["webhooks"])
     def get_webhook(tenant: Tenant) -> dict[str, Any]:

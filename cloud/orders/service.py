@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -124,6 +124,37 @@ def _customs_data(p: Product | None) -> dict[str, Any] | None:
     if p is None:
         return None
     return {"name": p.name, "hs_code": p.hs_code, "origin": p.origin, "value": p.value, "currency": p.currency}
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where routing put an order: every site, the ranked ones that could ship it all, and the
+    site that took the reservation (``None``: backordered) with its stock (for bins)."""
+
+    sites: dict[str, Any]
+    ranked: list[str]
+    site: Any | None
+    stock: dict[str, ledger.SiteStock]
+
+
+class _StillBackordered(Exception):
+    """Rolls a backorder's release attempt back: nothing of it stays."""
+
+
+def _customs_refusal(
+    lines: list[tuple[str, int]], products: Mapping[str, Product], ship_to: Mapping[str, Any], origins: list[str]
+) -> InvalidRequest | None:
+    """The refusal for a parcel from any of ``origins`` whose customs data is missing, else None."""
+    dest = ship_to["country"]
+    customs_lines = [(sku, _customs_data(products.get(sku))) for sku, _qty in lines]
+    for origin in origins:
+        found = customs_problems(customs_lines, dest, origin, dest_postal_code=ship_to.get("postal_code"))
+        if found:
+            return InvalidRequest(
+                f"customs data is missing for a parcel from {origin} to {dest}",
+                errors=[FieldProblem(p.pointer, p.code, p.detail) for p in found],
+            )
+    return None
 
 
 class OrderService:
@@ -241,11 +272,63 @@ class OrderService:
             raise InvalidRequest("the order is not valid", errors=problems)
         self._refuse_duplicate(s, tenant.id, order.external_id)
 
-        sites = {r.id: r for r in conn.execute(sa.select(SITES))}
-        stock = ledger.availability(s, tenant.id, skus)
+        oid = new_order_id()
+        lines = [(line.sku, line.qty) for line in order.lines]
+        try:
+            placed = self._route_and_reserve(s, tenant.id, oid, lines, ship_to)
+        except ValueError:
+            raise InvalidRequest(
+                "the order is not valid",
+                errors=[FieldProblem("/ship_to/country", "unsupported_country", f"we do not ship to {dest}")],
+            ) from None
+        # customs data is checked against the site that will ship (raising rolls its reservation
+        # back); a backorder against every site, as any of them may ship it later
+        origins = [placed.site.country] if placed.site else sorted({site.country for site in placed.sites.values()})
+        refusal = _customs_refusal(lines, products, ship_to, origins)
+        if refusal is not None:
+            raise refusal
+        now = utcnow()
+        row: dict[str, Any] = {
+            "id": oid,
+            "tenant": tenant.id,
+            "external_id": order.external_id,
+            "site": placed.site.id if placed.site else None,
+            "ship_to": ship_to,
+            "service_level": order.service_level,
+            "channel": order.channel,
+            "incoterm": order.incoterm,
+            "gift": order.gift.model_dump() if order.gift else None,
+            "created_at": now,
+            "updated_at": now,
+            "shipped_at": None,
+        }
+        if placed.site is None:
+            row.update(
+                status="backordered",
+                reason="no site has stock for every line" if not placed.ranked else "stock was taken by other orders",
+            )
+        else:
+            row.update(status="released", reason=None)
+        conn.execute(sa.insert(ORDERS).values(**row))
+        conn.execute(
+            sa.insert(LINES), [{"order_id": oid, "line_no": i, "sku": k, "qty": q} for i, (k, q) in enumerate(lines)]
+        )
+        if placed.site is None:
+            return OrderResult(201, order_view(row, lines, None)), False
+        ship_row = self._release(s, tenant, row, lines, products, placed, now)
+        return OrderResult(201, order_view(row, lines, ship_row)), True
+
+    def _route_and_reserve(
+        self, s: Session, tenant: str, oid: str, lines: list[tuple[str, int]], ship_to: Mapping[str, Any]
+    ) -> _Placement:
+        """Rank the sites that can ship every line, nearest first, and reserve at the first that
+        still can (a concurrent order may have taken the stock meanwhile). ``ValueError`` for a
+        destination we have no routing data for."""
+        sites = {r.id: r for r in s.connection().execute(sa.select(SITES))}
         wanted: dict[str, int] = defaultdict(int)
-        for line in order.lines:
-            wanted[line.sku] += line.qty
+        for sku, qty in lines:
+            wanted[sku] += qty
+        stock = ledger.availability(s, tenant, list(wanted))
         candidates = [
             SiteCandidate(
                 sid,
@@ -256,58 +339,29 @@ class OrderService:
             for sid in sorted(stock)
             if sid in sites
         ]
-        try:
-            ranked = rank_sites(candidates, dest, ship_to.get("postal_code"))
-        except ValueError:
-            raise InvalidRequest(
-                "the order is not valid",
-                errors=[FieldProblem("/ship_to/country", "unsupported_country", f"we do not ship to {dest}")],
-            ) from None
-        oid = new_order_id()
-        site_id: str | None = None
-        for sid in ranked:  # nearest first; a concurrent order may have taken the stock meanwhile
-            if ledger.reserve(s, tenant=tenant.id, site=sid, order_id=oid, lines=wanted.items()) is not None:
-                site_id = sid
-                break
-        # customs data is checked against the site that will ship (raising rolls its reservation
-        # back); a backorder against every site, as any of them may ship it later
-        origins = [sites[site_id].country] if site_id else sorted({site.country for site in sites.values()})
-        customs_lines = [(line.sku, _customs_data(products.get(line.sku))) for line in order.lines]
-        for origin in origins:
-            found = customs_problems(customs_lines, dest, origin, dest_postal_code=ship_to.get("postal_code"))
-            if found:
-                raise InvalidRequest(
-                    f"customs data is missing for a parcel from {origin} to {dest}",
-                    errors=[FieldProblem(p.pointer, p.code, p.detail) for p in found],
-                )
-        now = utcnow()
-        row: dict[str, Any] = {
-            "id": oid,
-            "tenant": tenant.id,
-            "external_id": order.external_id,
-            "site": site_id,
-            "ship_to": ship_to,
-            "service_level": order.service_level,
-            "channel": order.channel,
-            "incoterm": order.incoterm,
-            "gift": order.gift.model_dump() if order.gift else None,
-            "created_at": now,
-            "updated_at": now,
-            "shipped_at": None,
-        }
-        lines = [(line.sku, line.qty) for line in order.lines]
-        if site_id is None:
-            row.update(
-                status="backordered",
-                reason="no site has stock for every line" if not ranked else "stock was taken by other orders",
-            )
-            conn.execute(sa.insert(ORDERS).values(**row))
-            conn.execute(
-                sa.insert(LINES), [{"order_id": oid, "line_no": i, "sku": k, "qty": q} for i, (k, q) in enumerate(lines)]
-            )
-            return OrderResult(201, order_view(row, lines, None)), False
+        ranked = rank_sites(candidates, ship_to["country"], ship_to.get("postal_code"))
+        for sid in ranked:
+            if ledger.reserve(s, tenant=tenant, site=sid, order_id=oid, lines=wanted.items()) is not None:
+                return _Placement(sites, ranked, sites[sid], stock[sid])
+        return _Placement(sites, ranked, None, {})
 
-        site = sites[site_id]
+    def _release(
+        self,
+        s: Session,
+        tenant: TenantContext,
+        order: Mapping[str, Any],
+        lines: list[tuple[str, int]],
+        products: Mapping[str, Product],
+        placed: _Placement,
+        now: datetime,
+    ) -> dict[str, Any]:
+        """Buy the label for an order reserved at ``placed.site`` and tell the site (feed) and the
+        merchant (``order.released``); the order row is the caller's. Returns the shipment row."""
+        site = placed.site
+        assert site is not None, "release needs a reserved site"
+        conn = s.connection()
+        oid, ship_to = order["id"], order["ship_to"]
+        dest = ship_to["country"]
         weight_g = sum(products[sku].weight_g * qty for sku, qty in lines)
         customs: tuple[CustomsItem, ...] = ()
         if needs_customs(site.country, dest, dest_postal_code=ship_to.get("postal_code")):
@@ -325,7 +379,7 @@ class OrderService:
                 for sku, qty in lines
             )
         shipment = Shipment(
-            reference=order.external_id,
+            reference=order["external_id"],
             ship_from=Address(
                 name=f"Packline {site.name}",
                 street=site.street,
@@ -336,17 +390,12 @@ class OrderService:
             ),
             ship_to=_address(ship_to),
             weight_g=weight_g,
-            service_level=order.service_level,
+            service_level=order["service_level"],
             customs=customs,
-            incoterm=order.incoterm,
+            incoterm=order["incoterm"],
             sender_name=tenant.name,
         )
-        label = self._buy(s, shipment, order.service_level)
-        row.update(status="released", reason=None)
-        conn.execute(sa.insert(ORDERS).values(**row))
-        conn.execute(
-            sa.insert(LINES), [{"order_id": oid, "line_no": i, "sku": k, "qty": q} for i, (k, q) in enumerate(lines)]
-        )
+        label = self._buy(s, shipment, order["service_level"])
         ship_row = {
             "order_id": oid,
             "carrier": label.carrier,
@@ -358,12 +407,11 @@ class OrderService:
             "voided_at": None,
         }
         conn.execute(sa.insert(SHIPMENTS).values(**ship_row))
-        at_site = stock[site_id]
         body = c.OrderReleasedBody(
             order_id=oid,
-            external_id=order.external_id,
+            external_id=order["external_id"],
             tenant=tenant.id,
-            service_level=order.service_level,
+            service_level=order["service_level"],
             ship_to=c.ShipToSummary(name=ship_to.get("name", ""), city=ship_to.get("city", ""), country=dest),
             lines=[
                 c.ReleasedLine(
@@ -372,7 +420,7 @@ class OrderService:
                     qty=qty,
                     gtins=products[sku].gtins,
                     lot_tracked=products[sku].lot_tracked,
-                    bin=at_site[sku].bin if sku in at_site else None,
+                    bin=placed.stock[sku].bin if sku in placed.stock else None,
                 )
                 for sku, qty in lines
             ],
@@ -381,7 +429,7 @@ class OrderService:
             ),
             expected_weight_g=weight_g,
         )
-        feed.append(s, site=site_id, type_=c.ORDER_RELEASED, body=body, tenant=tenant.id)
+        feed.append(s, site=site.id, type_=c.ORDER_RELEASED, body=body, tenant=tenant.id)
         if tenant.webhook_url:
             webhooks.enqueue(
                 s,
@@ -389,15 +437,75 @@ class OrderService:
                 "order.released",
                 {
                     "order_id": oid,
-                    "external_id": order.external_id,
+                    "external_id": order["external_id"],
                     "status": "released",
-                    "site": site_id,
+                    "site": site.id,
                     "carrier": label.carrier,
                     "service": label.service,
                     "tracking_number": label.tracking_number,
                 },
             )
-        return OrderResult(201, order_view(row, lines, ship_row)), True
+        return ship_row
+
+    # --- backorders -------------------------------------------------------------------------------
+    def release_backorders(self, tenant: TenantContext, skus: Iterable[str] | None = None, limit: int = 200) -> list[str]:
+        """Stock arrived (a receipt) or was freed (a cancel): release the tenant's backordered
+        orders that can now ship, oldest first, each in its own transaction; an order that still
+        cannot ship stays backordered. Returns the ids released."""
+        query = sa.select(ORDERS.c.id).where(ORDERS.c.tenant == tenant.id, ORDERS.c.status == "backordered")
+        if skus is not None:
+            query = query.where(ORDERS.c.id.in_(sa.select(LINES.c.order_id).where(LINES.c.sku.in_(list(skus)))))
+        with read_session(self.engine) as s:
+            waiting = list(s.connection().execute(query.order_by(ORDERS.c.created_at, ORDERS.c.id).limit(limit)).scalars())
+        released: list[str] = []
+        for oid in waiting:
+            try:
+                with write_session(self.engine) as s:
+                    if not self._release_backorder(s, tenant, oid):
+                        raise _StillBackordered
+                released.append(oid)
+            except _StillBackordered:
+                continue
+            except CarrierUnavailable as e:  # it stays backordered (the next receipt retries) and
+                log.warning("backorder %s not released: %s", oid, e)  # never blocks the ones after it
+        if released:
+            self._notify_feed()
+        return released
+
+    def _release_backorder(self, s: Session, tenant: TenantContext, oid: str) -> bool:
+        conn = s.connection()
+        now = utcnow()
+        # claim it first: a concurrent release (or cancel) of the same order waits or finds nothing
+        claimed = conn.execute(
+            sa.update(ORDERS)
+            .where(ORDERS.c.id == oid, ORDERS.c.tenant == tenant.id, ORDERS.c.status == "backordered")
+            .values(updated_at=now)
+            .returning(*ORDERS.c)
+        ).first()
+        if claimed is None:
+            return False
+        order = dict(claimed._mapping)
+        lines = [
+            (sku, int(qty))
+            for sku, qty in conn.execute(
+                sa.select(LINES.c.sku, LINES.c.qty).where(LINES.c.order_id == oid).order_by(LINES.c.line_no)
+            )
+        ]
+        products = load_products(s, tenant.id, [sku for sku, _ in lines])
+        if len(products) != len({sku for sku, _ in lines}):
+            return False  # a product was deleted meanwhile: a person must look
+        placed = self._route_and_reserve(s, tenant.id, oid, lines, order["ship_to"])
+        if placed.site is None:
+            return False
+        if _customs_refusal(lines, products, order["ship_to"], [placed.site.country]) is not None:
+            log.warning("backorder %s: customs data from %s is incomplete; it stays backordered", oid, placed.site.id)
+            return False
+        order.update(status="released", reason=None, site=placed.site.id)
+        conn.execute(
+            sa.update(ORDERS).where(ORDERS.c.id == oid).values(status="released", reason=None, site=placed.site.id)
+        )
+        self._release(s, tenant, order, lines, products, placed, now)
+        return True
 
     def _buy(self, s: Session, shipment: Shipment, service: str) -> Label:
         try:
@@ -499,6 +607,8 @@ class OrderService:
             self._notify_feed()
         if shipment is not None and shipment.get("voided_at") is None:
             shipment = self._void_label(shipment) or shipment
+        if changed.site is not None:  # its holds were voided: that stock may ship a backorder now
+            self.release_backorders(tenant, [sku for sku, _qty in lines])
         return order_view(order, lines, shipment)
 
     def _void_label(self, shipment: Mapping[str, Any]) -> dict[str, Any] | None:
