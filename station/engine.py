@@ -134,6 +134,12 @@ def local_now() -> datetime:
 
 
 # --- pure rules -----------------------------------------------------------------------------
+def _as_printed(scan: Scan) -> str:
+    """The number a packer can read under the barcode: the digits scanned (EAN-13 / UPC-A / EAN-8),
+    else the GTIN-14 of a GS1 element string."""
+    return scan.text if scan.text.isdigit() else str(scan.gtin)
+
+
 def judge_item(order: Order, scan: Scan, today: date) -> tuple[Verdict, OrderLine | None]:
     """Judge an item scan against the order being packed. Pure.
 
@@ -147,7 +153,7 @@ def judge_item(order: Order, scan: Scan, today: date) -> tuple[Verdict, OrderLin
         return replace(
             base,
             kind=VerdictKind.WRONG_ITEM,
-            message=f"WRONG ITEM — {scan.gtin} is not on this order",
+            message=f"WRONG ITEM — {_as_printed(scan)} is not on this order",
             hint="put it back; scan an item from the list",
         ), None
     open_lines = [line for line in matching if not line.complete]

@@ -175,7 +175,8 @@ def test_every_bad_scan_is_loud_recorded_and_changes_nothing(bench: Bench) -> No
     assert kinds == [K.WRONG_ITEM, K.TOO_MANY, K.BAD_SCAN, K.UNKNOWN_BARCODE, K.OTHER_ORDER, K.EXPIRED_LOT]
     assert all(not v.ok and v.severity == "error" for v in verdicts)
     messages = [v.message for v in verdicts]
-    assert messages[0].startswith("WRONG ITEM") and messages[1].startswith("TOO MANY")
+    # the number printed under the EAN-13 the packer holds, not its GTIN-14 form
+    assert messages[0] == "WRONG ITEM — 5901234123457 is not on this order" and messages[1].startswith("TOO MANY")
     assert messages[2] == "BAD SCAN: rescan" and messages[5].startswith("EXPIRED LOT")
     assert "finish ACME-10001 first" in messages[4]
     # nothing changed: the same order is open with the same counts, NT-20001 untouched, no label, no event
