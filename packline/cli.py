@@ -40,13 +40,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise UsageError(f"bad settings: {e}") from None
 
 
-def _add_common(p: argparse.ArgumentParser, *, db: bool = True, mqtt: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser, *, db: bool = True, mqtt: bool = True,
+                mqtt_default: str = "start a broker") -> None:
     p.add_argument("--data-dir", type=Path, help="where Packline writes its files (env PACKLINE_DATA_DIR)")
     if db:
         p.add_argument("--database-url", help="SQLAlchemy URL of the cloud database (env PACKLINE_DATABASE_URL)")
     if mqtt:
         p.add_argument("--mqtt", dest="mqtt_url", metavar="URL",
-                       help="mqtt[s]://[user:pass@]host:port (env PACKLINE_MQTT_URL); default: start a broker")
+                       help=f"mqtt[s]://[user:pass@]host:port (env PACKLINE_MQTT_URL); default: {mqtt_default}")
         p.add_argument("--mqtt-protocol", type=int, choices=(5, 311), default=None,
                        help="MQTT version of that broker: 5 (default) or 311 (env PACKLINE_MQTT_PROTOCOL)")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("station", help="a packing station")
     ssub = s.add_subparsers(dest="station_command", required=True)
     en = ssub.add_parser("enrol", help="write this station's config file under the data dir")
-    _add_common(en, db=False)
+    _add_common(en, db=False, mqtt_default="mqtt://127.0.0.1:1883")
     en.add_argument("--station-id", required=True)
     en.add_argument("--site", required=True)
     en.add_argument("--scanner", required=True, help="e.g. serial:///dev/ttyACM0?baud=9600")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--mqtt-password")
     en.add_argument("--force", action="store_true", help="overwrite an existing enrolment")
     run = ssub.add_parser("run", help="run the packing screen")
-    _add_common(run, db=False)
+    _add_common(run, db=False, mqtt=False)  # the broker and its protocol are the station's config
     run.add_argument("--station-id", required=True)
 
     cfg = sub.add_parser("config", help="show the effective settings and where each came from")
@@ -191,6 +192,7 @@ def cmd_station(args: argparse.Namespace) -> int:
             site=args.site,
             cloud_url=args.cloud_url,
             mqtt_url=args.mqtt_url or settings.mqtt_url or "mqtt://127.0.0.1:1883",
+            mqtt_protocol=settings.mqtt_protocol,
             mqtt_username=args.mqtt_username,
             mqtt_password=args.mqtt_password,
             scanner_url=args.scanner,
@@ -201,7 +203,7 @@ def cmd_station(args: argparse.Namespace) -> int:
         return EXIT_OK
     from packline.wiring import run_station_app
 
-    return run_station_app(settings.data_dir, args.station_id, settings.mqtt_protocol)
+    return run_station_app(settings.data_dir, args.station_id)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -126,9 +126,10 @@ class DemoStation:
         self.scanner = SimulatedScanner()
         self.zebra = SimulatedZebra(spool_dir=station_dir(self.data_dir, self.station_id) / "printed").start()
         path = enrol(self.data_dir, station_id=self.station_id, site=self.site, cloud_url=self.cloud_url,
-                     mqtt_url=self.mqtt_url, scanner_url=self.scanner.url, printer_url=self.zebra.url, force=True)
+                     mqtt_url=self.mqtt_url, mqtt_protocol=self.protocol, scanner_url=self.scanner.url,
+                     printer_url=self.zebra.url, force=True)
         config = load_config(path)
-        self.bus = station_bus(self.station_id, self.site, self.mqtt_url, self.protocol)
+        self.bus = station_bus(self.station_id, self.site, config.mqtt_url, config.mqtt_protocol)
         self.runtime = StationRuntime(config, bus=self.bus, data_dir=self.data_dir, packer="SIM-PACKER")
         self.runtime.start()
         self.bus.start()
@@ -175,7 +176,7 @@ class DemoStation:
             self.scanner.close()
 
 
-def run_station_app(data_dir: Path, station_id: str, protocol: int = 5) -> int:
+def run_station_app(data_dir: Path, station_id: str) -> int:
     """``packline station run``: the packing screen on a real terminal."""
     from station.tui import PackingApp
 
@@ -189,7 +190,7 @@ def run_station_app(data_dir: Path, station_id: str, protocol: int = 5) -> int:
         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
             root.removeHandler(h)
     root.addHandler(handler)
-    bus = station_bus(config.station_id, config.site, config.mqtt_url, protocol,
+    bus = station_bus(config.station_id, config.site, config.mqtt_url, config.mqtt_protocol,
                       username=config.mqtt_username,
                       password=config.mqtt_password.get_secret_value() if config.mqtt_password else None)
     runtime = StationRuntime(config, bus=bus, data_dir=data_dir)

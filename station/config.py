@@ -93,6 +93,7 @@ class StationConfig(BaseModel):
     mqtt_url: str = Field(
         description="mqtt[s]://host:port of the broker (credentials go in the fields below)"
     )
+    mqtt_protocol: Literal[5, 311] = Field(default=5, description="MQTT version the broker speaks: 5 or 311 (3.1.1)")
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
     scanner_url: str | None = Field(

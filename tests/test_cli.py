@@ -97,8 +97,16 @@ def test_station_enrol_writes_one_config_under_the_data_dir_and_refuses_twice(tm
     path = Path(p.stdout.strip())
     assert path == tmp_path / "data" / "stations" / "ST-DE-LEJ-9" / "station.json"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+    saved = json.loads(path.read_text("utf-8"))
+    assert (saved["mqtt_url"], saved["mqtt_protocol"]) == ("mqtt://127.0.0.1:1883", 5)
     again = run(*args, data_dir=tmp_path / "data")
     assert again.returncode == 2 and "--force" in again.stderr
+    # the broker's MQTT version is the station's to remember: `station run` reads it from the config
+    v311 = run(*args, "--force", "--mqtt", "mqtt://10.1.2.3:1883", data_dir=tmp_path / "data",
+               env={"PACKLINE_MQTT_PROTOCOL": "311"})
+    assert v311.returncode == 0, v311.stderr
+    saved = json.loads(path.read_text("utf-8"))
+    assert (saved["mqtt_url"], saved["mqtt_protocol"]) == ("mqtt://10.1.2.3:1883", 311)
 
 
 def test_demo_refuses_an_unreachable_broker_quickly(tmp_path: Path) -> None:
