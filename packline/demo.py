@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import socket
 import statistics
@@ -207,6 +208,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
 
         _wait_shipped(http, creds, orders, receiver, opts.timeout_s)
         wall_s = time.perf_counter() - t_start
+        if any(o.status != "shipped" for o in orders):
+            _quiesce(stations, http, creds, orders)  # so the ledger check compares a still picture
         cloud.process.drain_webhooks(timeout_s=10)
 
         _write_labels(orders, stations, out)
@@ -307,8 +310,47 @@ def _to_perf(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() - _PERF_OFFSET
 
 
+def _quiesce(stations: list[wiring.DemoStation], http: httpx.Client, creds: dict[str, dict[str, str]],
+             orders: list[DemoOrder], timeout_s: float = 10.0) -> None:
+    """Stop packing, let what was packed reach the cloud, and read the open orders once more."""
+    for st in stations:
+        if st.packer:
+            st.packer.stop()
+    time.sleep(0.2)  # scans already on the serial line reach the engine
+    for st in stations:
+        if st.runtime:
+            st.runtime.wait_idle(timeout_s)
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline and any(st.summary()["outbox_depth"] for st in stations):
+        time.sleep(0.05)
+    for o in orders:
+        if o.id and o.status != "shipped":
+            reason = o.reason
+            _refresh(http, creds, o)
+            if o.status != "shipped":
+                o.reason = o.reason or reason
+
+
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def label_file_name(tenant: str, external_id: str, taken: set[str]) -> str:
+    """A file name for an order's label inside the output folder: never a path (a merchant's
+    external id may hold ``/`` or ``..``), never one already taken (two tenants may share an id)."""
+    safe = _UNSAFE_IN_NAME.sub("_", external_id).lstrip(".") or "order"
+    name = f"{safe}.zpl"
+    if name.lower() in taken:
+        name = f"{_UNSAFE_IN_NAME.sub('_', tenant).lstrip('.')}_{safe}.zpl"
+    n = 2
+    while name.lower() in taken:
+        name, n = f"{safe}_{n}.zpl", n + 1
+    taken.add(name.lower())
+    return name
+
+
 def _write_labels(orders: list[DemoOrder], stations: list[wiring.DemoStation], out: Path) -> None:
     jobs = [job for st in stations for job in st.printed_jobs()]
+    taken: set[str] = set()
     for o in orders:
         if not o.tracking_number:
             continue
@@ -317,7 +359,7 @@ def _write_labels(orders: list[DemoOrder], stations: list[wiring.DemoStation], o
             if o.status == "shipped":
                 o.reason = "shipped but no printed label found"
             continue
-        name = f"{o.external_id}.zpl"
+        name = label_file_name(o.tenant, o.external_id, taken)
         (out / name).write_bytes(matches[-1])
         o.label_file = name
 
