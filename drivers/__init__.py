@@ -5,8 +5,8 @@ the real wire protocols live in :mod:`drivers.sim`.
 """
 
 from drivers.errors import DeviceError, UnsupportedURL
-from drivers.printer import LabelPrinter, PrinterStatus, open_printer, parse_host_status
-from drivers.scanner import Scan, ScanFramer, Scanner, decode_scan, open_scanner
+from drivers.printer import LabelPrinter, PrinterStatus, open_printer, parse_host_status, parse_printer_url
+from drivers.scanner import Scan, ScanFramer, Scanner, decode_scan, open_scanner, parse_scanner_url
 
 __all__ = [
     "DeviceError",
@@ -20,4 +20,6 @@ __all__ = [
     "open_printer",
     "open_scanner",
     "parse_host_status",
+    "parse_printer_url",
+    "parse_scanner_url",
 ]

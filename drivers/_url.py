@@ -21,14 +21,19 @@ class DeviceURL:
         """Reject unknown query options, so typos fail loudly instead of being ignored."""
         for key in self.params:
             if key not in names:
-                known = ", ".join(names) or "none"
-                raise UnsupportedURL(f"unknown option {key!r} in {self.url!r} (known options: {known})")
+                if not names:
+                    raise UnsupportedURL(f"{self.url!r}: a {self.scheme}:// URL takes no options (got {key!r})")
+                known = ", ".join(names)
+                raise UnsupportedURL(f"unknown option {key!r} in {self.url!r} (allowed options: {known})")
 
 
 def parse_device_url(url: str) -> DeviceURL:
     if not isinstance(url, str) or "://" not in url:
         raise UnsupportedURL(f"not a device URL (expected scheme://...): {url!r}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [IPv6 literal
+        raise UnsupportedURL(f"malformed device URL {url!r}: {exc}") from None
     params: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key in params:
@@ -43,19 +48,34 @@ def parse_device_url(url: str) -> DeviceURL:
     )
 
 
-def int_param(dev: DeviceURL, name: str, default: int, *, choices: Iterable[int] | None = None) -> int:
+def int_param(
+    dev: DeviceURL,
+    name: str,
+    default: int,
+    *,
+    choices: Iterable[int] | None = None,
+    what: str | None = None,
+    maximum: int | None = None,
+) -> int:
+    """The integer option ``name`` (``default`` when absent): positive, one of ``choices`` if given
+    (``what`` names that set in the message, e.g. "a standard serial rate"), at most ``maximum``."""
     raw = dev.params.get(name)
     if raw is None:
         return default
+    allowed = None if choices is None else tuple(choices)
+    one_of = "" if allowed is None else f"; use one of {', '.join(map(str, allowed))}"
     try:
         value = int(raw)
     except ValueError:
-        raise UnsupportedURL(f"option {name}={raw!r} in {dev.url!r} is not an integer") from None
-    allowed = None if choices is None else tuple(choices)
+        kind = what or "an integer"
+        raise UnsupportedURL(f"option {name}={raw!r} in {dev.url!r} is not {kind}{one_of}") from None
     if allowed is not None and value not in allowed:
-        raise UnsupportedURL(f"option {name}={value} in {dev.url!r} must be one of {allowed}")
+        kind = what or "allowed"
+        raise UnsupportedURL(f"option {name}={value} in {dev.url!r} is not {kind}{one_of}")
     if value <= 0:
         raise UnsupportedURL(f"option {name}={value} in {dev.url!r} must be positive")
+    if maximum is not None and value > maximum:
+        raise UnsupportedURL(f"option {name}={value} in {dev.url!r} must be at most {maximum}")
     return value
 
 

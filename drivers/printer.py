@@ -23,10 +23,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from drivers._url import parse_device_url
 from drivers.errors import DeviceError, UnsupportedURL
+
+if TYPE_CHECKING:
+    from drivers.transport.cups import CupsTarget
+    from drivers.transport.file import FileTarget
+    from drivers.transport.serialport import SerialSettings
+    from drivers.transport.tcp import TcpTarget
+
+    PrinterTarget: TypeAlias = TcpTarget | FileTarget | CupsTarget | SerialSettings
 
 __all__ = [
     "HOST_STATUS_QUERY",
@@ -35,6 +43,7 @@ __all__ = [
     "host_status_complete",
     "open_printer",
     "parse_host_status",
+    "parse_printer_url",
 ]
 
 HOST_STATUS_QUERY = b"~HS"
@@ -127,6 +136,40 @@ class LabelPrinter(Protocol):
     def close(self) -> None: ...
 
 
+_PRINTER_URL_FORMS = "tcp://host:9100, file:///dir/, cups://Queue or serial:///dev/ttyUSB0?baud=9600"
+
+
+def parse_printer_url(url: str) -> PrinterTarget:
+    """Check a printer URL without opening anything (no socket, port, file or CUPS call).
+
+    Returns what :func:`open_printer` will open: a ``TcpTarget``, ``FileTarget``, ``CupsTarget``
+    or ``SerialSettings``. :func:`open_printer` starts with this very function, so a URL this
+    accepts is never refused by ``open_printer`` for its form: only for the device itself
+    (unreachable, missing port, unknown CUPS queue...). Raises UnsupportedURL with the reason.
+    """
+    unsupported = f"printer URL {url!r} is not supported: use {_PRINTER_URL_FORMS}"
+    if not isinstance(url, str) or "://" not in url:
+        raise UnsupportedURL(unsupported)
+    dev = parse_device_url(url)  # its own reason for a malformed one (bad IPv6 literal, repeated option)
+    if dev.scheme == "tcp":
+        from drivers.transport.tcp import parse_tcp_url
+
+        return parse_tcp_url(dev)
+    if dev.scheme == "file":
+        from drivers.transport.file import parse_file_url
+
+        return parse_file_url(dev)
+    if dev.scheme == "cups":
+        from drivers.transport.cups import parse_cups_url
+
+        return parse_cups_url(dev)
+    if dev.scheme == "serial":
+        from drivers.transport.serialport import parse_serial_url
+
+        return parse_serial_url(dev)
+    raise UnsupportedURL(unsupported)
+
+
 def open_printer(url: str, timeout_s: float = 5.0) -> LabelPrinter:
     """Open a label printer by URL.
 
@@ -135,30 +178,26 @@ def open_printer(url: str, timeout_s: float = 5.0) -> LabelPrinter:
     * ``file:///some/dir/`` — each job is a new file ``job-0001.zpl``, ``job-0002.zpl``...;
       ``file:///path/labels.zpl`` appends every job to that one file.
     * ``cups://QueueName`` — a raw CUPS queue, through the ``zebra`` package (``lpr -o raw``).
-    * ``serial:///dev/ttyUSB0?baud=9600`` — through pyserial.
+    * ``serial:///dev/ttyUSB0?baud=9600`` — through pyserial (options: baud, bytesize, parity,
+      stopbits).
 
-    Raises UnsupportedURL for malformed URLs and DeviceError when the device cannot be opened.
+    The URL is checked by :func:`parse_printer_url` first. Raises UnsupportedURL for malformed
+    URLs and DeviceError when the device cannot be opened.
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-    dev = parse_device_url(url)
-    if dev.scheme == "tcp":
-        from drivers.transport.tcp import TcpPrinter
+    from drivers.transport.cups import CupsPrinter, CupsTarget
+    from drivers.transport.file import FilePrinter, FileTarget
+    from drivers.transport.serialport import SerialPrinter, SerialSettings
+    from drivers.transport.tcp import TcpPrinter, TcpTarget
 
-        return TcpPrinter.open(dev, timeout_s=timeout_s)
-    if dev.scheme == "file":
-        from drivers.transport.file import FilePrinter
-
-        return FilePrinter.open(dev)
-    if dev.scheme == "cups":
-        from drivers.transport.cups import CupsPrinter
-
-        return CupsPrinter.open(dev)
-    if dev.scheme == "serial":
-        from drivers.transport.serialport import SerialPrinter
-
-        return SerialPrinter.open(dev, timeout_s=timeout_s)
-    raise UnsupportedURL(
-        f"unsupported printer URL {url!r} (supported: tcp://host:9100, file:///dir/, cups://Queue, "
-        "serial:///dev/ttyUSB0?baud=9600)"
-    )
+    target = parse_printer_url(url)
+    if isinstance(target, TcpTarget):
+        return TcpPrinter.open(target, timeout_s=timeout_s)
+    if isinstance(target, FileTarget):
+        return FilePrinter.open(target)
+    if isinstance(target, CupsTarget):
+        return CupsPrinter.open(target)
+    if isinstance(target, SerialSettings):
+        return SerialPrinter.open(target, timeout_s=timeout_s)
+    raise AssertionError(f"unhandled printer target {target!r}")  # pragma: no cover

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import biip
 from biip import ParseConfig, ParseError
@@ -31,7 +31,10 @@ from biip.upc import Upc
 from drivers._url import parse_device_url
 from drivers.errors import UnsupportedURL
 
-__all__ = ["Scan", "ScanFramer", "Scanner", "decode_scan", "open_scanner"]
+if TYPE_CHECKING:
+    from drivers.transport.serialport import SerialSettings
+
+__all__ = ["Scan", "ScanFramer", "Scanner", "decode_scan", "open_scanner", "parse_scanner_url"]
 
 GS = "\x1d"
 _TERMINATOR = re.compile(rb"\r\n|\r|\n")
@@ -276,16 +279,33 @@ class Scanner(Protocol):
     def close(self) -> None: ...
 
 
+def parse_scanner_url(url: str) -> SerialSettings:
+    """Check a scanner URL without opening anything; returns what :func:`open_scanner` will open.
+
+    ``serial:///dev/ttyACM0?baud=9600`` with options baud (a standard rate), bytesize, parity,
+    stopbits and idle_ms; anything else raises UnsupportedURL with the reason. :func:`open_scanner`
+    starts with this very function, so the two never disagree about a URL.
+    """
+    unsupported = f"scanner URL {url!r} is not supported: use serial:///dev/ttyACM0?baud=9600"
+    if not isinstance(url, str) or "://" not in url:
+        raise UnsupportedURL(unsupported)
+    dev = parse_device_url(url)
+    if dev.scheme != "serial":
+        raise UnsupportedURL(unsupported)
+    from drivers.transport.serialport import parse_serial_url
+
+    return parse_serial_url(dev, scanner=True)
+
+
 def open_scanner(url: str) -> Scanner:
     """Open a scanner by URL.
 
     ``serial:///dev/ttyACM0?baud=9600`` (options: baud, bytesize, parity, stopbits,
     idle_ms — frame by a pause of that length too, for scanners set up without a
-    terminator). Raises UnsupportedURL / DeviceError.
+    terminator). The URL is checked by :func:`parse_scanner_url` first. Raises
+    UnsupportedURL / DeviceError.
     """
-    dev = parse_device_url(url)
-    if dev.scheme == "serial":
-        from drivers.transport.serialport import SerialScanner
+    settings = parse_scanner_url(url)
+    from drivers.transport.serialport import SerialScanner
 
-        return SerialScanner.open(dev)
-    raise UnsupportedURL(f"unsupported scanner URL {url!r} (supported: serial:///dev/...?baud=9600)")
+    return SerialScanner.open(settings)

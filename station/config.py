@@ -9,6 +9,11 @@ Layout under the data directory (the replica lives next to its config)::
 fsync + link/rename, then fsync of the directory) and refuses to replace an enrolled
 station unless ``force=True``. :func:`load_config` turns every problem into a
 :class:`~station.errors.ConfigError` that names the file and the field.
+
+The scanner and printer URLs are checked by the drivers' own parsers
+(:func:`drivers.parse_scanner_url`, :func:`drivers.parse_printer_url`), the very functions
+``open_scanner`` / ``open_printer`` start with: a URL enrolment accepts is never refused for its
+form at ``station run`` (only a device that is missing or unreachable can still fail there).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
+from drivers import UnsupportedURL, parse_printer_url, parse_scanner_url
 from station.errors import ConfigError
 from sync import contract
 from sync.settings import MqttUrl, parse_mqtt_url
@@ -45,9 +52,7 @@ REPLICA_FILE = "replica.db"
 # Ids become MQTT topic levels (sync.contract rules) AND a directory name here, so on top of
 # the contract's rules (no / + # NUL, no leading $) they must be a safe, portable file name.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# what drivers.printer.open_printer / drivers.scanner.open_scanner can open
-_PRINTER_SCHEMES = frozenset({"tcp", "cups", "file", "serial"})
-_SCANNER_SCHEMES = frozenset({"serial"})
+_ENROL_HINT = "packline station enrol --station-id {station} --site SITE --scanner URL --printer URL"
 
 
 def _check_id(value: str, what: str) -> str:
@@ -63,21 +68,12 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
-def _check_device_url(url: str, schemes: frozenset[str], what: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in schemes or "://" not in url:
-        raise ValueError(
-            f"{what} must start with one of {', '.join(sorted(s + '://' for s in schemes))}: {url!r}"
-        )
-    if parts.scheme == "tcp":
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if not parts.hostname or port is None:
-            raise ValueError(f"{what} needs host and port, e.g. tcp://10.0.0.7:9100: {url!r}")
-    elif not (parts.netloc or parts.path):
-        raise ValueError(f"{what} names no device: {url!r}")
+def _check_device_url(url: str, parse: Callable[[str], object]) -> str:
+    """``url`` if the driver that will open it accepts it; its reason as a ValueError otherwise."""
+    try:
+        parse(url)
+    except UnsupportedURL as e:
+        raise ValueError(str(e)) from None
     return url
 
 
@@ -131,15 +127,24 @@ class StationConfig(BaseModel):
             raise ValueError("put MQTT credentials in mqtt_username / mqtt_password, not in the URL")
         return v
 
+    @field_validator("mqtt_password")
+    @classmethod
+    def _mqtt_password(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # a password is sent only with a user name (MQTT 3.1.1 requires one for the other): alone
+        # it would be dropped without a word and the broker would refuse the station at `station run`
+        if v is not None and not info.data.get("mqtt_username"):
+            raise ValueError("a password needs a user name too (--mqtt-username)")
+        return v
+
     @field_validator("printer_url")
     @classmethod
     def _printer_url(cls, v: str) -> str:
-        return _check_device_url(v, _PRINTER_SCHEMES, "printer URL")
+        return _check_device_url(v, parse_printer_url)
 
     @field_validator("scanner_url")
     @classmethod
     def _scanner_url(cls, v: str | None) -> str | None:
-        return None if v is None else _check_device_url(v, _SCANNER_SCHEMES, "scanner URL")
+        return None if v is None else _check_device_url(v, parse_scanner_url)
 
     def mqtt(self) -> MqttUrl:
         """The broker address with this station's own credentials (printing it hides the password)."""
@@ -162,10 +167,13 @@ def replica_path(data_dir: Path, station_id: str) -> Path:
 
 
 def _errors_text(e: ValidationError) -> str:
+    """One ``  field: reason`` line per error, without pydantic's "Value error, " decoration."""
     lines = []
     for err in e.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "(config)"
-        lines.append(f"  {loc}: {err['msg']}")
+        cause = (err.get("ctx") or {}).get("error")
+        msg = str(cause) if err["type"] == "value_error" and cause is not None else err["msg"]
+        lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
 
@@ -198,7 +206,7 @@ def _write_atomic(path: Path, data: bytes, *, overwrite: bool) -> None:
             try:
                 os.link(tmp, path)  # atomic create-if-absent: two enrolments cannot both win
             except FileExistsError:
-                raise ConfigError(f"{path} already exists; pass force=True (packline station enrol --force) to replace it") from None
+                raise ConfigError(f"{path} already exists; pass --force to replace it") from None
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
@@ -217,17 +225,27 @@ def enrol(data_dir: Path, *, force: bool = False, **fields: Any) -> Path:
     path = station_dir(data_dir, config.station_id) / CONFIG_FILE
     if path.exists() and not force:
         raise ConfigError(
-            f"station {config.station_id} is already enrolled at {path}; pass force=True (packline station enrol --force) to replace it"
+            f"station {config.station_id} is already enrolled at {path}; pass --force to replace it"
         )
     _write_atomic(path, config.to_json(), overwrite=force)
     log.info("enrolled station %s (site %s) at %s", config.station_id, config.site, path)
     return path
 
 
+def _not_enrolled(station_id: str, config: Path) -> ConfigError:
+    hint = _ENROL_HINT.format(station=station_id)
+    return ConfigError(f"station {station_id} is not enrolled: {config} does not exist; enrol it with: {hint}")
+
+
 def _find_config_file(path_or_dir: Path) -> Path:
     p = Path(path_or_dir)
     if p.is_file():
         return p
+    if p.parent.name == "stations" and not (p.is_dir() and (p / "stations").is_dir()):
+        # <data_dir>/stations/<station_id>: one station's directory (it may not exist yet)
+        if not (p / CONFIG_FILE).is_file():
+            raise _not_enrolled(p.name, p / CONFIG_FILE)
+        return p / CONFIG_FILE
     if p.is_dir():
         if (p / CONFIG_FILE).is_file():
             return p / CONFIG_FILE
@@ -240,11 +258,15 @@ def _find_config_file(path_or_dir: Path) -> Path:
         if len(found) == 1:
             return found[0]
         if not found:
+            hint = _ENROL_HINT.format(station="ST-…")
             raise ConfigError(
-                f"no station is enrolled under {p} (expected {p}/stations/<station_id>/{CONFIG_FILE})"
+                f"no station is enrolled under {p} (expected {p}/stations/<station_id>/{CONFIG_FILE}); "
+                f"enrol one with: {hint}"
             )
         names = ", ".join(f.parent.name for f in found)
         raise ConfigError(f"several stations are enrolled under {p} ({names}); pass the station's directory")
+    if p.name == CONFIG_FILE and p.parent.parent.name == "stations":
+        raise _not_enrolled(p.parent.name, p)
     raise ConfigError(f"station config {p} does not exist")
 
 

@@ -12,9 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from drivers import DeviceError, PrinterStatus, UnsupportedURL, open_printer, parse_host_status
+from drivers import (
+    DeviceError,
+    PrinterStatus,
+    UnsupportedURL,
+    open_printer,
+    parse_host_status,
+    parse_printer_url,
+)
 from drivers.sim import SimulatedZebra
 from drivers.sim.zebra import ZplStream
+from drivers.transport.cups import CupsTarget
+from drivers.transport.file import FileTarget
+from drivers.transport.serialport import SerialSettings
+from drivers.transport.tcp import TcpTarget
 from tests.support import free_port
 
 LABEL_1 = b"^XA^CI28^FO50,50^A0N,40,40^FDOrder ACME-10001^FS^BY2^FO50,120^BCN,80,Y,N,N^FD>;12345678^FS^XZ"
@@ -314,11 +325,76 @@ def test_serial_printer_over_a_pty() -> None:
         "file://",
         "cups://",
         "serial://dev/ttyUSB0",
+        "tcp://printer:0",
+        "tcp://printer:65536",
+        "tcp://printer:-1",
+        "tcp://printer:",
+        "tcp://user@printer:9100",
+        "tcp://[::1:9100",
+        "file:///",
+        "cups://Zebra ZT411",
+        "serial:///dev/ttyUSB0?baud=xyz",
+        "serial:///dev/ttyUSB0?baud=-5",
+        "serial:///dev/ttyUSB0?baud=123456789",
+        "serial:///dev/ttyUSB0?baud=9601",
+        "serial:///dev/ttyUSB0?bogus=1",
+        "serial:///dev/ttyUSB0?idle_ms=50",
+        "serial:///dev/ttyUSB0?parity=Nonsense",
+        "serial:///dev/ttyUSB0?stopbits=3",
+        "serial:///dev/ttyUSB0?bytesize=9",
+        "serial:///dev/ttyUSB0?baud=9600&baud=9600",
     ],
 )
 def test_bad_printer_urls(url: str) -> None:
-    with pytest.raises(UnsupportedURL):
+    with pytest.raises(UnsupportedURL) as parsed:
+        parse_printer_url(url)
+    with pytest.raises(UnsupportedURL) as opened:
         open_printer(url)
+    assert str(opened.value) == str(parsed.value)  # the opener's check IS the parser
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("tcp://10.0.0.7:0", "'tcp://10.0.0.7:0': the port must be a number from 1 to 65535 (Zebra: 9100)"),
+        ("serial:///dev/ttyUSB0?baud=xyz", "option baud='xyz' in 'serial:///dev/ttyUSB0?baud=xyz' is not a "
+         "standard serial rate; use one of 50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, "
+         "19200, 38400, 57600, 115200, 230400, 460800, 500000, 576000, 921600, 1000000, 1152000, 1500000, "
+         "2000000, 2500000, 3000000, 3500000, 4000000"),
+        ("serial:///dev/ttyUSB0?speed=9600", "unknown option 'speed' in 'serial:///dev/ttyUSB0?speed=9600' "
+         "(allowed options: baud, baudrate, bytesize, parity, stopbits)"),
+        ("file:///srv/labels/?mode=raw", "'file:///srv/labels/?mode=raw': a file:// URL takes no options (got 'mode')"),
+        ("lpd://printer/queue", "printer URL 'lpd://printer/queue' is not supported: use tcp://host:9100, "
+         "file:///dir/, cups://Queue or serial:///dev/ttyUSB0?baud=9600"),
+    ],
+)
+def test_bad_printer_urls_say_why(url: str, message: str) -> None:
+    with pytest.raises(UnsupportedURL) as err:
+        parse_printer_url(url)
+    assert str(err.value) == message
+
+
+def test_parse_printer_url_opens_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import drivers.transport.cups as cups
+
+    def no_cups(*_a: object) -> None:
+        raise AssertionError("parse_printer_url asked CUPS")
+
+    monkeypatch.setattr(cups, "_zebra", no_cups)
+    port = free_port()  # nobody listens: parsing must not connect
+    assert parse_printer_url(f"tcp://127.0.0.1:{port}") == TcpTarget(f"tcp://127.0.0.1:{port}", "127.0.0.1", port)
+    assert parse_printer_url("tcp://[2001:db8::7]").port == 9100
+    folder = tmp_path / "not" / "yet"
+    assert parse_printer_url(f"file://{folder}/") == FileTarget(f"file://{folder}/", f"{folder}/")
+    assert not (tmp_path / "not").exists()
+    assert parse_printer_url("cups://Zebra_ZT411") == CupsTarget("cups://Zebra_ZT411", "Zebra_ZT411")
+    serial_url = "serial:///dev/packline-no-such-port?baudrate=115200&parity=even&bytesize=7&stopbits=2"
+    assert parse_printer_url(serial_url) == SerialSettings(
+        serial_url, "/dev/packline-no-such-port", baudrate=115200, bytesize=7, parity="E", stopbits="2"
+    )
+    with pytest.raises(DeviceError) as err:  # only opening finds the port missing
+        open_printer(serial_url)
+    assert not isinstance(err.value, UnsupportedURL)
 
 
 def test_tcp_default_port_is_9100() -> None:

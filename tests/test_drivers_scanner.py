@@ -12,9 +12,18 @@ from typing import Any
 
 import pytest
 
-from drivers import DeviceError, Scan, ScanFramer, UnsupportedURL, decode_scan, open_scanner
+from drivers import (
+    DeviceError,
+    Scan,
+    ScanFramer,
+    UnsupportedURL,
+    decode_scan,
+    open_scanner,
+    parse_scanner_url,
+)
 from drivers.scanner import Scanner
 from drivers.sim import SimulatedScanner
+from drivers.transport.serialport import SerialSettings
 from tests.support import FIXTURES
 
 CASES: list[dict[str, Any]] = json.loads((FIXTURES / "scans.json").read_text())
@@ -372,11 +381,48 @@ def test_port_is_opened_exclusively(sim: SimulatedScanner, scanner: Scanner) -> 
         "serial:///dev/ttyACM0?baud=fast",
         "serial:///dev/ttyACM0?baud=9600&baudrate=9600",
         "serial:///dev/ttyACM0?parity=X",
+        "serial:///dev/ttyACM0?parity=Nonsense",
+        "serial:///dev/ttyACM0?baud=abc",
+        "serial:///dev/ttyACM0?baud=-5",
+        "serial:///dev/ttyACM0?baud=0",
+        "serial:///dev/ttyACM0?baud=123456789",
+        "serial:///dev/ttyACM0?baud=",
+        "serial:///dev/ttyACM0?bogus=1",
+        "serial:///dev/ttyACM0?idle_ms=0",
+        "serial:///dev/ttyACM0?idle_ms=600000",
+        "tcp://10.0.0.7:9100",
     ],
 )
 def test_bad_scanner_urls(url: str) -> None:
-    with pytest.raises(UnsupportedURL):
+    with pytest.raises(UnsupportedURL) as parsed:
+        parse_scanner_url(url)
+    with pytest.raises(UnsupportedURL) as opened:
         open_scanner(url)
+    assert str(opened.value) == str(parsed.value)  # the opener's check IS the parser
+
+
+def test_unknown_scanner_option_names_the_allowed_ones() -> None:
+    with pytest.raises(UnsupportedURL) as err:
+        parse_scanner_url("serial:///dev/ttyACM0?bogus=1")
+    assert str(err.value) == (
+        "unknown option 'bogus' in 'serial:///dev/ttyACM0?bogus=1' "
+        "(allowed options: baud, baudrate, bytesize, parity, stopbits, idle_ms)"
+    )
+
+
+def test_parse_scanner_url_opens_nothing_and_open_uses_what_it_parsed() -> None:
+    missing = "serial:///dev/packline-no-such-port?baud=115200&parity=O&idle_ms=40"
+    assert parse_scanner_url(missing) == SerialSettings(
+        missing, "/dev/packline-no-such-port", baudrate=115200, parity="O", idle_s=0.04
+    )
+    with SimulatedScanner() as sim_port:
+        url = sim_port.url.replace("baud=9600", "baud=19200&bytesize=7&parity=even&stopbits=2")
+        reader = open_scanner(url)
+        try:
+            port = reader._port  # type: ignore[attr-defined]
+            assert (port.baudrate, port.bytesize, port.parity, port.stopbits) == (19200, 7, "E", 2)
+        finally:
+            reader.close()
 
 
 def test_missing_port_is_a_device_error() -> None:

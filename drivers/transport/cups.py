@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Protocol
 
 from drivers._url import DeviceURL
 from drivers.errors import DeviceError, UnsupportedURL
 
-__all__ = ["CupsPrinter"]
+__all__ = ["CupsPrinter", "CupsTarget", "parse_cups_url"]
+
+
+@dataclass(frozen=True)
+class CupsTarget:
+    """A checked ``cups://Queue`` printer URL; whether the queue exists is only known at open."""
+
+    url: str
+    queue: str
+
+
+def parse_cups_url(dev: DeviceURL) -> CupsTarget:
+    """Check ``cups://QueueName`` (one CUPS queue name, no options) without asking CUPS."""
+    dev.allow_only()
+    queue = dev.netloc or dev.path.strip("/")
+    if not queue or "/" in queue or any(c.isspace() for c in queue) or len(queue) > 127:
+        raise UnsupportedURL(f"{dev.url!r}: name one CUPS queue, e.g. cups://Zebra_ZT411")
+    return CupsTarget(url=dev.url, queue=queue)
 
 
 class _Zebra(Protocol):
@@ -42,21 +60,18 @@ class CupsPrinter:
         self._closed = False
 
     @classmethod
-    def open(cls, dev: DeviceURL) -> CupsPrinter:
-        dev.allow_only()
-        queue = dev.netloc or dev.path.strip("/")
-        if not queue or "/" in queue:
-            raise UnsupportedURL(f"{dev.url!r}: name one CUPS queue, e.g. cups://Zebra_ZT411")
+    def open(cls, target: CupsTarget) -> CupsPrinter:
+        """A printer for a URL checked by :func:`parse_cups_url`, once CUPS knows the queue."""
         try:
             queues = _zebra().getqueues()
         except OSError as exc:
             raise DeviceError(
-                f"printer {dev.url}: CUPS client tools (lpstat, lpr) not usable: {exc}"
+                f"printer {target.url}: CUPS client tools (lpstat, lpr) not usable: {exc}"
             ) from exc
-        if queue not in queues:
+        if target.queue not in queues:
             known = ", ".join(queues) or "none"
-            raise DeviceError(f"printer {dev.url}: CUPS queue {queue!r} not found (queues: {known})")
-        return cls(dev.url, queue)
+            raise DeviceError(f"printer {target.url}: CUPS queue {target.queue!r} not found (queues: {known})")
+        return cls(target.url, target.queue)
 
     def send(self, data: bytes) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):

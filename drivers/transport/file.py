@@ -6,12 +6,13 @@ import os
 import re
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from drivers._url import DeviceURL
 from drivers.errors import DeviceError, UnsupportedURL
 
-__all__ = ["FilePrinter", "write_numbered_job"]
+__all__ = ["FilePrinter", "FileTarget", "parse_file_url", "write_numbered_job"]
 
 _JOB_NAME = re.compile(r"job-(\d+)\.zpl")
 
@@ -43,6 +44,24 @@ def write_numbered_job(folder: Path, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class FileTarget:
+    """A checked ``file:///abs/path`` printer URL (a folder when it ends in ``/`` or is one)."""
+
+    url: str
+    path: str
+
+
+def parse_file_url(dev: DeviceURL) -> FileTarget:
+    """Check ``file:///absolute/path[/]`` (no options) without touching the file system."""
+    dev.allow_only()
+    if dev.netloc not in ("", "localhost"):
+        raise UnsupportedURL(f"{dev.url!r}: use an absolute path, e.g. file:///srv/labels/")
+    if not dev.path or dev.path == "/":
+        raise UnsupportedURL(f"{dev.url!r} names no path, e.g. file:///srv/labels/")
+    return FileTarget(url=dev.url, path=dev.path)
+
+
 class FilePrinter:
     """``file:///dir/`` writes each job as a new numbered file; ``file:///x.zpl`` appends."""
 
@@ -54,22 +73,18 @@ class FilePrinter:
         self._closed = False
 
     @classmethod
-    def open(cls, dev: DeviceURL) -> FilePrinter:
-        dev.allow_only()
-        if dev.netloc not in ("", "localhost"):
-            raise UnsupportedURL(f"{dev.url!r}: use an absolute path, e.g. file:///srv/labels/")
-        if not dev.path:
-            raise UnsupportedURL(f"{dev.url!r} names no path, e.g. file:///srv/labels/")
-        path = Path(dev.path)
-        folder = dev.path.endswith("/") or path.is_dir()
+    def open(cls, target: FileTarget) -> FilePrinter:
+        """A printer for a URL checked by :func:`parse_file_url`; creates a folder that ends in ``/``."""
+        path = Path(target.path)
+        folder = target.path.endswith("/") or path.is_dir()
         try:
             if folder:
                 path.mkdir(parents=True, exist_ok=True)
             elif not path.parent.is_dir():
-                raise DeviceError(f"printer {dev.url}: folder {path.parent} does not exist")
+                raise DeviceError(f"printer {target.url}: folder {path.parent} does not exist")
         except OSError as exc:
-            raise DeviceError(f"printer {dev.url}: cannot create {path}: {exc}") from exc
-        return cls(dev.url, path, folder=folder)
+            raise DeviceError(f"printer {target.url}: cannot create {path}: {exc}") from exc
+        return cls(target.url, path, folder=folder)
 
     def send(self, data: bytes) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):

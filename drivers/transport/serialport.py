@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import serial
 
@@ -15,9 +16,20 @@ from drivers.errors import DeviceError, UnsupportedURL
 from drivers.printer import HOST_STATUS_QUERY, PrinterStatus, host_status_complete, parse_host_status
 from drivers.scanner import Scan, ScanFramer, decode_scan
 
-__all__ = ["SERIAL_OPTIONS", "SerialPrinter", "SerialScanner", "open_serial_port"]
+__all__ = [
+    "BAUDRATES",
+    "SERIAL_OPTIONS",
+    "SerialPrinter",
+    "SerialScanner",
+    "SerialSettings",
+    "open_serial_port",
+    "parse_serial_url",
+]
 
 SERIAL_OPTIONS = ("baud", "baudrate", "bytesize", "parity", "stopbits")
+SCANNER_OPTIONS = (*SERIAL_OPTIONS, "idle_ms")
+# the standard rates pyserial knows (50 ... 4000000); anything else is a typo, not a device setting
+BAUDRATES: tuple[int, ...] = tuple(serial.Serial.BAUDRATES)
 _PARITY = {
     "N": serial.PARITY_NONE,
     "E": serial.PARITY_EVEN,
@@ -25,45 +37,79 @@ _PARITY = {
     "M": serial.PARITY_MARK,
     "S": serial.PARITY_SPACE,
 }
+_PARITY_NAMES = {"NONE": "N", "EVEN": "E", "ODD": "O", "MARK": "M", "SPACE": "S"}
 _STOPBITS = {"1": serial.STOPBITS_ONE, "1.5": serial.STOPBITS_ONE_POINT_FIVE, "2": serial.STOPBITS_TWO}
+_MAX_IDLE_MS = 60_000
 # How long one blocking port read may last; bounds deadline overshoot and close latency.
 POLL_S = 0.05
 
 
-def open_serial_port(
-    dev: DeviceURL,
-    *,
-    timeout_s: float | None,
-    write_timeout_s: float | None,
-    extra_options: tuple[str, ...] = (),
-) -> serial.Serial:
-    """Open the port named by ``dev`` (raw mode: pyserial sets termios; input is flushed on open)."""
-    dev.allow_only(*SERIAL_OPTIONS, *extra_options)
+@dataclass(frozen=True)
+class SerialSettings:
+    """A checked ``serial://`` URL: everything needed to open the port, nothing opened yet."""
+
+    url: str
+    port: str
+    baudrate: int = 9600
+    bytesize: int = 8
+    parity: str = "N"
+    """One of N, E, O, M, S."""
+    stopbits: str = "1"
+    """One of 1, 1.5, 2."""
+    idle_s: float | None = None
+    """Scanners only (``idle_ms``): also end a frame after this long without a byte."""
+
+
+def parse_serial_url(dev: DeviceURL, *, scanner: bool = False) -> SerialSettings:
+    """Check a ``serial://`` URL without touching the port; raises UnsupportedURL.
+
+    Options: ``baud`` (or ``baudrate``; a standard rate, 9600 by default), ``bytesize`` (5-8),
+    ``parity`` (N/E/O/M/S or none/even/odd/mark/space), ``stopbits`` (1, 1.5, 2) and, for a
+    scanner, ``idle_ms``. Unknown options are refused.
+    """
+    dev.allow_only(*(SCANNER_OPTIONS if scanner else SERIAL_OPTIONS))
     port = serial_port_path(dev)
     if "baud" in dev.params and "baudrate" in dev.params:
         raise UnsupportedURL(f"{dev.url!r}: give baud or baudrate, not both")
-    baud = int_param(dev, "baudrate" if "baudrate" in dev.params else "baud", 9600)
-    bytesize = int_param(dev, "bytesize", 8, choices=(5, 6, 7, 8))
-    parity = dev.params.get("parity", "N").upper()[:1]
+    baud_name = "baudrate" if "baudrate" in dev.params else "baud"
+    baud = int_param(dev, baud_name, 9600, choices=BAUDRATES, what="a standard serial rate")
+    bytesize = int_param(dev, "bytesize", 8, choices=(5, 6, 7, 8), what="a serial byte size")
+    raw_parity = dev.params.get("parity", "N").strip().upper()
+    parity = _PARITY_NAMES.get(raw_parity, raw_parity)
     if parity not in _PARITY:
-        raise UnsupportedURL(f"{dev.url!r}: parity must be one of N, E, O, M, S")
+        raise UnsupportedURL(
+            f"option parity={dev.params['parity']!r} in {dev.url!r} must be one of N, E, O, M, S"
+        )
     stopbits = dev.params.get("stopbits", "1")
     if stopbits not in _STOPBITS:
-        raise UnsupportedURL(f"{dev.url!r}: stopbits must be 1, 1.5 or 2")
+        raise UnsupportedURL(f"option stopbits={stopbits!r} in {dev.url!r} must be 1, 1.5 or 2")
+    idle_s = None
+    if scanner and "idle_ms" in dev.params:
+        idle_s = int_param(dev, "idle_ms", 1, maximum=_MAX_IDLE_MS) / 1000
+    return SerialSettings(
+        url=dev.url, port=port, baudrate=baud, bytesize=bytesize, parity=parity, stopbits=stopbits,
+        idle_s=idle_s,
+    )
+
+
+def open_serial_port(
+    settings: SerialSettings, *, timeout_s: float | None, write_timeout_s: float | None
+) -> serial.Serial:
+    """Open the port ``settings`` name (raw mode: pyserial sets termios; input is flushed on open)."""
     try:
         return serial.Serial(
-            port=port,
-            baudrate=baud,
-            bytesize=bytesize,
-            parity=_PARITY[parity],
-            stopbits=_STOPBITS[stopbits],
+            port=settings.port,
+            baudrate=settings.baudrate,
+            bytesize=settings.bytesize,
+            parity=_PARITY[settings.parity],
+            stopbits=_STOPBITS[settings.stopbits],
             timeout=timeout_s,
             write_timeout=write_timeout_s,
             # flock the port: two processes reading one scanner would each get half the scans
             exclusive=True if os.name == "posix" else None,
         )
     except (serial.SerialException, OSError, ValueError) as exc:
-        raise DeviceError(f"cannot open serial port {port} ({dev.url}): {exc}") from exc
+        raise DeviceError(f"cannot open serial port {settings.port} ({settings.url}): {exc}") from exc
 
 
 class SerialScanner:
@@ -80,11 +126,10 @@ class SerialScanner:
         self._closed = False
 
     @classmethod
-    def open(cls, dev: DeviceURL) -> SerialScanner:
-        idle_ms = dev.params.get("idle_ms")
-        idle_s = int_param(dev, "idle_ms", 1) / 1000 if idle_ms is not None else None
-        port = open_serial_port(dev, timeout_s=POLL_S, write_timeout_s=None, extra_options=("idle_ms",))
-        return cls(dev.url, port, idle_s=idle_s)
+    def open(cls, settings: SerialSettings) -> SerialScanner:
+        """Open a port checked by ``parse_serial_url(dev, scanner=True)``."""
+        port = open_serial_port(settings, timeout_s=POLL_S, write_timeout_s=None)
+        return cls(settings.url, port, idle_s=settings.idle_s)
 
     def read(self, timeout_s: float | None = None) -> Scan | None:
         deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
@@ -144,9 +189,10 @@ class SerialPrinter:
         self._closed = False
 
     @classmethod
-    def open(cls, dev: DeviceURL, *, timeout_s: float) -> SerialPrinter:
-        port = open_serial_port(dev, timeout_s=POLL_S, write_timeout_s=timeout_s)
-        return cls(dev.url, port, timeout_s=timeout_s)
+    def open(cls, settings: SerialSettings, *, timeout_s: float) -> SerialPrinter:
+        """Open a port checked by :func:`parse_serial_url`."""
+        port = open_serial_port(settings, timeout_s=POLL_S, write_timeout_s=timeout_s)
+        return cls(settings.url, port, timeout_s=timeout_s)
 
     def send(self, data: bytes) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):

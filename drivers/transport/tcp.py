@@ -5,15 +5,49 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from drivers._url import DeviceURL
 from drivers.errors import DeviceError, UnsupportedURL
 from drivers.printer import HOST_STATUS_QUERY, PrinterStatus, host_status_complete, parse_host_status
 
-__all__ = ["TcpPrinter"]
+__all__ = ["DEFAULT_PORT", "TcpPrinter", "TcpTarget", "parse_tcp_url"]
 
 DEFAULT_PORT = 9100
+
+
+@dataclass(frozen=True)
+class TcpTarget:
+    """A checked ``tcp://host[:port]`` printer URL; nothing connected yet."""
+
+    url: str
+    host: str
+    port: int
+
+
+def parse_tcp_url(dev: DeviceURL) -> TcpTarget:
+    """Check ``tcp://host[:port]`` (port 1-65535, 9100 when left out; no path, no options)."""
+    dev.allow_only()
+    if dev.path not in ("", "/"):
+        raise UnsupportedURL(f"{dev.url!r}: a tcp:// printer URL has no path (tcp://host:9100)")
+    parts = urlsplit(dev.url)
+    if parts.username is not None or parts.password is not None:
+        raise UnsupportedURL(f"{dev.url!r}: a tcp:// printer URL takes no user name (tcp://host:9100)")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is None and parts.netloc.endswith(":"):
+        port = -1  # "tcp://host:" - a port was meant but is missing
+    if port is None:
+        port = DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        raise UnsupportedURL(f"{dev.url!r}: the port must be a number from 1 to 65535 (Zebra: 9100)")
+    host = parts.hostname
+    if not host:
+        raise UnsupportedURL(f"{dev.url!r} names no host (tcp://host:9100)")
+    return TcpTarget(url=dev.url, host=host, port=port)
 
 
 class TcpPrinter:
@@ -34,19 +68,9 @@ class TcpPrinter:
         self._closed = False
 
     @classmethod
-    def open(cls, dev: DeviceURL, *, timeout_s: float) -> TcpPrinter:
-        dev.allow_only()
-        if dev.path not in ("", "/"):
-            raise UnsupportedURL(f"{dev.url!r}: a tcp:// printer URL has no path (tcp://host:9100)")
-        try:
-            parts = urlsplit(dev.url)
-            host = parts.hostname
-            port = parts.port or DEFAULT_PORT
-        except ValueError as exc:
-            raise UnsupportedURL(f"{dev.url!r}: bad port ({exc})") from None
-        if not host:
-            raise UnsupportedURL(f"{dev.url!r} names no host (tcp://host:9100)")
-        return cls(dev.url, host, port, timeout_s=timeout_s)
+    def open(cls, target: TcpTarget, *, timeout_s: float) -> TcpPrinter:
+        """A printer for a URL checked by :func:`parse_tcp_url` (connects only per job)."""
+        return cls(target.url, target.host, target.port, timeout_s=timeout_s)
 
     def _connect(self) -> socket.socket:
         if self._closed:
