@@ -5,6 +5,8 @@
   spacing for common European formats), phone in E.164 (phonenumbers, destination as region), email.
 * :func:`customs_problems` checks the product data a customs declaration needs when the parcel crosses
   a customs or VAT border (:func:`cloud.routing.needs_customs`).
+* :func:`check_text` is the rule for every free text that ends up printed (ship_to fields, product
+  names): no control characters or bidi overrides, whitespace collapsed, something visible left.
 
 Pure functions: no I/O beyond the country tables the libraries ship.
 """
@@ -26,21 +28,34 @@ from cloud.routing import needs_customs
 
 __all__ = [
     "ADDRESS_FIELDS",
+    "MAX_ECHO_LEN",
+    "MAX_FIELD_LEN",
     "Problem",
+    "check_text",
     "customs_problems",
+    "echo",
+    "has_visible_text",
     "json_pointer",
+    "valid_country",
+    "valid_currency",
     "validate_ship_to",
 ]
 
 #: keys of a ship_to object; ``country_area`` is accepted as an alias of ``province``
 ADDRESS_FIELDS = ("name", "company", "street", "postal_code", "city", "province", "country", "phone", "email")
 MAX_FIELD_LEN = 200
+#: a value the client sent is quoted back in a problem's ``detail`` up to this many characters
+MAX_ECHO_LEN = 100
 # Codes outside ISO 3166-1 that carriers use.
 _EXTRA_COUNTRIES = frozenset({"XK"})
 # Countries with postal codes where an address is still deliverable without one.
 _POSTAL_CODE_OPTIONAL = frozenset({"IE"})
 # Bidirectional overrides/isolates: invisible, and used to disguise text.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Letters and symbols that render as blank space (Hangul fillers, the blank braille pattern).
+_BLANK_GRAPHEMES = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# ISO 4217 X codes that are money; the others are metals, units of account and test/no-currency codes.
+_X_CURRENCIES = frozenset({"XAF", "XCD", "XCG", "XOF", "XPF"})
 
 # Canonical spelling of postal codes, applied to the input without spaces or dashes (upper case).
 _SPACED_3_2 = (re.compile(r"(\d{3})(\d{2})"), r"\1 \2")
@@ -79,11 +94,45 @@ def json_pointer(*parts: str | int) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+def echo(value: object, limit: int = MAX_ECHO_LEN) -> str:
+    """``repr(value)`` for a problem's ``detail``, cut to ``limit`` characters (a 10 kB path id is not
+    quoted back whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS for c in text)
 
 
-def _country_ok(code: str) -> bool:
+def has_visible_text(text: str) -> bool:
+    """True when ``text`` has a character that prints: not only whitespace, format characters (zero-width
+    space, joiners, BOM, soft hyphen), lone combining marks or blank-rendering fillers."""
+    return any(
+        unicodedata.category(c)[0] in "LNPS" or unicodedata.category(c) == "Mc"
+        for c in text
+        if c not in _BLANK_GRAPHEMES
+    )
+
+
+def check_text(value: str, field: str, *, max_len: int = MAX_FIELD_LEN) -> tuple[str, tuple[str, str] | None]:
+    """The rule for free text that gets printed (ship_to fields, product names).
+
+    Returns ``(text, None)``: ``value`` with whitespace collapsed, or ``""`` when nothing visible is left
+    (:func:`has_visible_text`; the caller decides whether that is allowed), or ``("", (code, detail))``
+    for control characters (C0/C1, line/paragraph separators, bidi overrides) or more than ``max_len``
+    characters.
+    """
+    if _has_control(value):
+        return "", ("control_character", f"{field} contains control characters")
+    text = " ".join(value.split())
+    if len(text) > max_len:
+        return "", ("too_long", f"{field} is longer than {max_len} characters")
+    return (text if has_visible_text(text) else ""), None
+
+
+def valid_country(code: str) -> bool:
+    """An ISO 3166-1 alpha-2 code (upper case), or one carriers use beyond it (XK)."""
     return bool(re.fullmatch(r"[A-Z]{2}", code)) and (
         code in _EXTRA_COUNTRIES or pycountry.countries.get(alpha_2=code) is not None
     )
@@ -119,7 +168,8 @@ def validate_ship_to(
     if not isinstance(ship_to, Mapping):
         return {}, [Problem(pointer, "invalid_type", "ship_to must be an object")]
 
-    # Every string anywhere in the object: type, control characters, length.
+    # Every string anywhere in the object: type, control characters, length. A value with nothing
+    # visible (spaces, zero-width characters) counts as absent, so a required one is reported.
     values: dict[str, str] = {}
     for key, value in ship_to.items():
         if value is None:
@@ -127,12 +177,9 @@ def validate_ship_to(
         if not isinstance(value, str):
             add(str(key), "invalid_type", f"{key} must be a string")
             continue
-        if _has_control(value):
-            add(str(key), "control_character", f"{key} contains control characters")
-            continue
-        text = " ".join(value.split())
-        if len(text) > MAX_FIELD_LEN:
-            add(str(key), "too_long", f"{key} is longer than {MAX_FIELD_LEN} characters")
+        text, problem = check_text(value, str(key))
+        if problem is not None:
+            add(str(key), *problem)
             continue
         if text:
             values[str(key)] = text
@@ -154,8 +201,8 @@ def validate_ship_to(
         if ok("country"):
             add("country", "required", "country is required (ISO 3166-1 alpha-2, e.g. DE)")
         return out, problems
-    if not _country_ok(country):
-        add("country", "invalid_country", f"{country!r} is not an ISO 3166-1 alpha-2 country code")
+    if not valid_country(country):
+        add("country", "invalid_country", f"{echo(country)} is not an ISO 3166-1 alpha-2 country code")
         return out, problems
     out["country"] = country
 
@@ -163,7 +210,7 @@ def validate_ship_to(
     _check_phone(country, values, out, add, service_level)
     email = values.get("email")
     if email is not None and (len(email) > 254 or not _EMAIL.fullmatch(email)):
-        add("email", "invalid_email", f"{email!r} is not a valid email address")
+        add("email", "invalid_email", f"{echo(email)} is not a valid email address")
     return out, problems
 
 
@@ -236,13 +283,14 @@ def _check_phone(country: str, values: Mapping[str, str], out: dict[str, Any], a
     except phonenumbers.NumberParseException:
         number = None
     if number is None or not phonenumbers.is_valid_number(number):
-        add("phone", "invalid_phone", f"{phone!r} is not a valid phone number for {country}")
+        add("phone", "invalid_phone", f"{echo(phone)} is not a valid phone number for {country}")
         return
     out["phone"] = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _valid_currency(code: str) -> bool:
-    return bool(re.fullmatch(r"[A-Z]{3}", code)) and not code.startswith("X") and (
+def valid_currency(code: str) -> bool:
+    """An ISO 4217 currency code (upper case) that is money: not XAU, XDR, XTS, XXX and the like."""
+    return bool(re.fullmatch(r"[A-Z]{3}", code)) and (not code.startswith("X") or code in _X_CURRENCIES) and (
         pycountry.currencies.get(alpha_3=code) is not None
     )
 
@@ -277,7 +325,7 @@ def customs_problems(
         elif not re.fullmatch(r"\d{6,10}", hs):
             add("invalid_hs_code", f"{sku}: HS code {product.get('hs_code')!r} is not 6-10 digits")
         origin = str(product.get("origin") or "").strip().upper()
-        if not _country_ok(origin):
+        if not valid_country(origin):
             add("invalid_origin", f"{sku}: country of origin {product.get('origin')!r} is not an ISO alpha-2 code")
         raw_value = product.get("value")
         try:
@@ -287,6 +335,6 @@ def customs_problems(
         if value is None or not value.is_finite() or value <= 0:
             add("invalid_customs_value", f"{sku}: customs value must be a positive amount, got {raw_value!r}")
         currency = str(product.get("currency") or "").strip().upper()
-        if not _valid_currency(currency):
+        if not valid_currency(currency):
             add("invalid_currency", f"{sku}: currency {product.get('currency')!r} is not an ISO 4217 code")
     return problems

@@ -257,6 +257,13 @@ def _pointers(r: Any) -> dict[str, str]:
         (lambda o: o.update(tenant="nordic-tea"), "/tenant", "tenant_mismatch"),
         (lambda o: o.update(colour="red"), "/colour", "extra_forbidden"),
         (lambda o: o.update(lines=[]), "/lines", "too_short"),
+        (lambda o: o.update(external_id="   "), "/external_id", "blank"),
+        (lambda o: o.update(external_id="\u200b\u2060"), "/external_id", "blank"),
+        (lambda o: o.update(external_id="ACME\u202e1"), "/external_id", "control_character"),
+        (lambda o: o["ship_to"].update(name="\u200b"), "/ship_to/name", "required"),
+        (lambda o: o["ship_to"].update(name=" \ufeff\u00ad\u200d "), "/ship_to/name", "required"),
+        (lambda o: o["ship_to"].update(street="\u3164"), "/ship_to/street", "required"),
+        (lambda o: o["ship_to"].update(city="\u2800\u200c"), "/ship_to/city", "required"),
     ],
 )
 def test_bad_orders_get_pointed_problems_and_write_nothing(api: Api, mutate: Any, pointer: str, code: str) -> None:
@@ -515,8 +522,235 @@ def test_control_characters_anywhere_are_a_422_with_their_place_and_change_nothi
 
 
 def test_text_with_tabs_newlines_and_escaped_backslashes_still_goes_through(api: Api) -> None:
-    product = {"sku": "TAB-1", "name": "Line one\nline\ttwo \\u0000 (literally)", "gtins": ["4006381333979"],
-               "weight_g": 1}
+    product = {"sku": "TAB-1", "name": "Tea \\u0000 (literally)", "gtins": ["4006381333979"], "weight_g": 1}
     r = api.client.post("/v1/products", json=product, headers=api.auth())
     assert r.status_code == 201, r.text
     assert r.json()["name"] == product["name"]
+    created = api.post_order(order("ACME-10001")).json()  # a product name prints; a cancel reason may wrap
+    reason = "Line one\nline\ttwo \\u0000 (literally)"
+    r = api.client.post(f"/v1/orders/{created['id']}/cancel", json={"reason": reason}, headers=api.auth())
+    assert r.status_code == 200, r.text
+    assert r.json()["reason"] == reason
+
+
+# --- input the reviewer found too lenient ----------------------------------------------------------------
+PRODUCT = {"sku": "BOTTLE-1L", "name": "Bottle 1 l", "gtins": ["4006381333986"], "weight_g": 180}
+
+
+@pytest.mark.parametrize(("name", "code"), [
+    ("   ", "blank"),
+    ("\u200b\u2060", "blank"),
+    ("Bottle\n1 l", "control_character"),
+    ("Bottle\t1 l", "control_character"),
+    ("Bottle \u202e1 l", "control_character"),
+    ("Bottle\u20281 l", "control_character"),
+    ("x" * 201, "string_too_long"),
+])
+def test_product_names_follow_the_ship_to_text_rules(api: Api, name: str, code: str) -> None:
+    before = api.count("products")
+    r = api.client.post("/v1/products", json={**PRODUCT, "name": name}, headers=api.auth())
+    assert _pointers(r) == {"/name": code}
+    assert api.count("products") == before
+
+
+def test_product_names_are_normalised_like_ship_to_text(api: Api) -> None:
+    r = api.client.post("/v1/products", json={**PRODUCT, "name": "  Bottle   1 l "}, headers=api.auth())
+    assert r.status_code == 201 and r.json()["name"] == "Bottle 1 l"
+
+
+def test_a_gtin_of_another_sku_is_a_conflict_naming_it(api: Api) -> None:
+    before = api.count("products")
+    taken = {**PRODUCT, "gtins": ["4006381333986", "4006381333931"]}  # the second is TENT-2P-GRN's
+    r = api.client.post("/v1/products", json=taken, headers=api.auth())
+    assert r.status_code == 409 and r.headers["content-type"].startswith(PROBLEM)
+    (error,) = r.json()["errors"]
+    assert (error["pointer"], error["code"]) == ("/gtins/1", "gtin_in_use") and "TENT-2P-GRN" in error["detail"]
+    padded = {**PRODUCT, "gtins": ["04006381333931"]}  # the same GTIN written as GTIN-14
+    assert api.client.post("/v1/products", json=padded, headers=api.auth()).status_code == 409
+    assert api.count("products") == before
+
+    tent = next(p for p in json.loads((SAMPLE_DATA / "products.json").read_text("utf-8")) if p["sku"] == "TENT-2P-GRN")
+    again = api.client.post("/v1/products", json={k: v for k, v in tent.items() if k != "tenant"}, headers=api.auth())
+    assert again.status_code == 200, again.text  # its own GTIN: the upsert still works
+    other_tenant = api.client.post("/v1/products", json={**PRODUCT, "gtins": ["4006381333931"]},
+                                   headers=api.auth("nordic-tea"))
+    assert other_tenant.status_code == 201  # catalogues are per tenant
+    moved = {**tent, "gtins": []}
+    moved.pop("tenant")
+    assert api.client.post("/v1/products", json=moved, headers=api.auth()).status_code == 200
+    assert api.client.post("/v1/products", json=padded, headers=api.auth()).status_code == 201  # free now
+
+
+@pytest.mark.parametrize(("change", "pointer", "code"), [
+    ({"origin": "XX"}, "/origin", "invalid_country"),
+    ({"origin": "UK"}, "/origin", "invalid_country"),
+    ({"currency": "ABC"}, "/currency", "invalid_currency"),
+    ({"currency": "XAU"}, "/currency", "invalid_currency"),  # gold is not money on a customs form
+    ({"dims_mm": [10**20, 1, 1]}, "/dims_mm/0", "less_than_equal"),
+    ({"dims_mm": [300, 10_001, 1]}, "/dims_mm/1", "less_than_equal"),
+    ({"dims_mm": [1e20, 1, 1]}, "/dims_mm/0", "int_parsing_size"),
+    ({"weight_g": 1_000_001}, "/weight_g", "less_than_equal"),
+    ({"shelf_life_days": 2**40}, "/shelf_life_days", "less_than_equal"),  # an INTEGER column on PostgreSQL
+    ({"contains": {"sku": "MUG-TI-450", "qty": 10**30}}, "/contains/qty", "less_than_equal"),
+])
+def test_customs_codes_and_sizes_are_checked(api: Api, change: dict[str, Any], pointer: str, code: str) -> None:
+    before = api.count("products")
+    r = api.client.post("/v1/products", json={**PRODUCT, **change}, headers=api.auth())
+    assert _pointers(r) == {pointer: code}
+    assert api.count("products") == before
+
+
+def test_real_codes_and_sizes_still_go_through(api: Api) -> None:
+    good = {**PRODUCT, "origin": "XK", "currency": "XOF", "value": "1500", "dims_mm": [10_000, 1, 1],
+            "weight_g": 1_000_000, "shelf_life_days": 36_500}
+    r = api.client.post("/v1/products", json=good, headers=api.auth())
+    assert r.status_code == 201, r.text
+    assert (r.json()["origin"], r.json()["currency"], r.json()["dims_mm"]) == ("XK", "XOF", [10_000, 1, 1])
+
+
+@pytest.mark.parametrize("url", [
+    "http:///path", "https://:443/x", "http://127.0.0.1:99999/x", "http://host:http/x", "http://host:0/",
+    "http://user:pass@host/", "https://token@host/", "http://[::1/x", "ftp://host/x",
+])
+def test_webhook_urls_need_a_host_a_valid_port_and_no_credentials(api: Api, url: str) -> None:
+    r = api.client.put("/v1/webhook", json={"url": url}, headers=api.auth())
+    assert set(_pointers(r)) == {"/url"}
+    assert api.client.get("/v1/webhook", headers=api.auth()).json()["url"] is None
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8099/hooks", "https://[::1]:9443/x", "http://localhost/x",
+                                 "https://shop.example/hooks?tenant=acme"])
+def test_loopback_and_ordinary_webhook_urls_are_fine(api: Api, url: str) -> None:
+    r = api.client.put("/v1/webhook", json={"url": url}, headers=api.auth())
+    assert r.status_code == 200 and r.json()["url"] == url
+
+
+def test_an_oversize_body_is_a_problem_whether_announced_or_streamed(api: Api) -> None:
+    from cloud.api.app import MAX_BODY_BYTES
+
+    body = json.dumps({**PRODUCT, "name": "x" * MAX_BODY_BYTES}).encode()
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: Transfer-Encoding chunked
+        for i in range(0, len(body), 65536):
+            yield body[i:i + 65536]
+
+    headers = {**api.auth(), "content-type": "application/json"}
+    for content in (body, chunks()):
+        r = api.client.post("/v1/products", content=content, headers=headers)
+        assert r.status_code == 413 and r.headers["content-type"].startswith(PROBLEM), r.text
+        assert r.json()["status"] == 413 and str(MAX_BODY_BYTES) in r.json()["detail"]
+    assert api.count("products") == 10
+
+
+@pytest.mark.parametrize(("method", "path", "body", "code"), [
+    ("post", "/v1/products", b'{"sku": "\xff\xfe", "name": "x"}', "json_invalid"),
+    ("post", "/v1/orders", b"[" * 100_000, "json_too_deep"),
+    ("put", "/v1/webhook", b'{"url": ' * 50_000, "json_too_deep"),
+    ("get", "/v1/inventory", b"[" * 100_000 + b'"\\u0001"', None),  # no JSON body here: ignored, not a 500
+])
+def test_bodies_that_are_not_json_are_a_problem_at_the_body(
+    api: Api, method: str, path: str, body: bytes, code: str | None
+) -> None:
+    r = api.client.request(method, path, content=body, headers={**api.auth(), "content-type": "application/json"})
+    if code is None:
+        assert r.status_code == 200, r.text
+        return
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
+    (error,) = r.json()["errors"]
+    assert (error["pointer"], error["code"]) == ("", code) and error["detail"]
+
+
+def test_malformed_json_says_where(api: Api) -> None:
+    r = api.client.post("/v1/orders", content=b'{"a": 1,}', headers={**api.auth(), "content-type": "application/json"})
+    (error,) = r.json()["errors"]
+    assert error["pointer"] == "" and "character 8" in error["detail"], error
+
+
+def test_idempotency_key_problems_name_the_header(api: Api) -> None:
+    o = order("ACME-10001")
+    assert api.post_order(o, **{"Idempotency-Key": "k-1"}).status_code == 201
+    reused = api.post_order({**o, "channel": "web"}, **{"Idempotency-Key": "k-1"})
+    assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
+    assert reused.json()["errors"] == [{"parameter": "Idempotency-Key", "in": "header", "code": "idempotency_key_reused",
+                                        "detail": reused.json()["errors"][0]["detail"]}]
+    for key in ("", "k" * 256):
+        o["external_id"] = f"ACME-KEY-{len(key)}"
+        r = api.post_order(o, **{"Idempotency-Key": key})
+        assert r.status_code == 422
+        assert [(e["parameter"], e["in"]) for e in r.json()["errors"]] == [("Idempotency-Key", "header")]
+    assert api.count("orders") == 1
+
+
+def test_the_openapi_limits_of_ship_to_are_the_enforced_ones(api: Api) -> None:
+    from cloud.validation import MAX_FIELD_LEN
+
+    spec = api.client.get("/openapi.json").json()
+    fields = spec["components"]["schemas"]["ShipToIn"]["properties"]
+    assert {name: f["anyOf"][0]["maxLength"] for name, f in fields.items()} == dict.fromkeys(fields, MAX_FIELD_LEN)
+    o = order("ACME-10001")
+    o["ship_to"]["company"] = "x" * (MAX_FIELD_LEN + 1)
+    assert set(_pointers(api.post_order(o))) == {"/ship_to/company"}
+    o["ship_to"]["company"] = "x" * MAX_FIELD_LEN
+    assert api.post_order(o).status_code == 201
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_json_endpoint_answers_415_for_another_media_type(api: Api, content_type: str | None) -> None:
+    headers = {**api.auth(), **({"content-type": content_type} if content_type else {})}
+    r = api.client.post("/v1/products", content=json.dumps(PRODUCT).encode(), headers=headers)
+    assert r.status_code == 415 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert "application/json" in r.json()["detail"]
+    assert [(e["parameter"], e["code"]) for e in r.json()["errors"]] == [("Content-Type", "unsupported_media_type")]
+    assert api.count("products") == 10
+    ok = api.client.post("/v1/products", content=json.dumps(PRODUCT).encode(),
+                         headers={**api.auth(), "content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 201
+
+
+@pytest.mark.parametrize("path", ["/v1/orders/{id}", "/v1/orders/{id}/label"])
+def test_values_quoted_back_in_a_problem_are_cut_short(api: Api, path: str) -> None:
+    r = api.client.get(path.format(id="a" * 10_000), headers=api.auth())
+    assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM)
+    assert len(r.json()["detail"]) < 150 and "…" in r.json()["detail"]
+
+
+def test_two_skus_racing_for_one_gtin_get_it_once(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second writer checks the GTIN while the first has checked but not yet written it: the
+    per-tenant catalogue lock makes it wait and then see the first one's GTIN."""
+    import threading
+    import time
+
+    from cloud import catalog
+    from cloud.errors import Conflict
+
+    first_checked, second_started = threading.Event(), threading.Event()
+    real_upsert = catalog.upsert_product
+
+    def slow_first_upsert(session: Any, tenant: str, product: Any) -> bool:
+        if product.sku == "RACE-A":
+            first_checked.set()
+            second_started.wait(10)
+            time.sleep(0.5)  # the second request runs its check now, unless it waits for this one
+        return real_upsert(session, tenant, product)
+
+    monkeypatch.setattr(catalog, "upsert_product", slow_first_upsert)
+    outcomes: dict[str, Any] = {}
+
+    def save(sku: str) -> None:
+        try:
+            outcomes[sku] = catalog.save_product(api.engine, "acme-outdoor", catalog.ProductIn(
+                sku=sku, name=sku, gtins=["4006381333986"], weight_g=1))
+        except Exception as e:  # the Conflict, or whatever went wrong
+            outcomes[sku] = e
+
+    a = threading.Thread(target=save, args=("RACE-A",))
+    a.start()
+    assert first_checked.wait(10)
+    b = threading.Thread(target=save, args=("RACE-B",))
+    b.start()
+    second_started.set()
+    a.join(20)
+    b.join(20)
+    assert isinstance(outcomes["RACE-A"], tuple) and outcomes["RACE-A"][0] is True
+    assert isinstance(outcomes["RACE-B"], Conflict), outcomes["RACE-B"]
+    assert [e.pointer for e in outcomes["RACE-B"].errors] == ["/gtins/0"]

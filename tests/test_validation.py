@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 
-from cloud.validation import Problem, customs_problems, json_pointer, validate_ship_to
+from cloud.validation import (
+    Problem,
+    check_text,
+    customs_problems,
+    echo,
+    has_visible_text,
+    json_pointer,
+    valid_country,
+    valid_currency,
+    validate_ship_to,
+)
 from tests.support import SAMPLE_DATA
 
 
@@ -128,6 +138,45 @@ def test_missing_name_street_city() -> None:
     assert codes(problems) == [("/ship_to/name", "required"), ("/ship_to/street", "required")]
     _, problems = check(city=...)
     assert codes(problems) == [("/ship_to/city", "required")]
+
+
+@pytest.mark.parametrize("blank", ["\u200b", "\u200b\u200c\u200d\u2060", "\ufeff", " \u00ad ", "\u3164", "\u2800",
+                                   "\u0301", "\u00a0\u3000"])
+def test_text_with_nothing_visible_counts_as_missing(blank: str) -> None:
+    _, problems = check(name=blank, street=blank)
+    assert codes(problems) == [("/ship_to/name", "required"), ("/ship_to/street", "required")]
+    _, problems = check(city=blank)
+    assert codes(problems) == [("/ship_to/city", "required")]
+    address, problems = check(company=blank)  # optional: dropped like an all-space value
+    assert problems == [] and "company" not in address
+
+
+@pytest.mark.parametrize(("text", "visible"), [
+    ("Zoë", True), ("📦", True), ("-", True), ("Γ", True), ("\u200bA", True), ("कि", True), ("\u0301\u0302", False),
+    ("", False), ("   ", False), ("\u200b", False), ("\u0301", False), ("\u3164\u115f", False),
+])
+def test_has_visible_text(text: str, visible: bool) -> None:
+    assert has_visible_text(text) is visible
+
+
+def test_check_text_is_the_shared_rule() -> None:
+    assert check_text("  Bottle \u00a0 1 l ", "name") == ("Bottle 1 l", None)
+    assert check_text("\u200b", "name") == ("", None)
+    assert check_text("a\u202eb", "name") == ("", ("control_character", "name contains control characters"))
+    assert check_text("x" * 201, "name")[1] == ("too_long", "name is longer than 200 characters")
+
+
+def test_iso_codes() -> None:
+    assert valid_country("DE") and valid_country("XK")
+    assert not any(valid_country(c) for c in ("XX", "UK", "de", "DEU", ""))
+    assert all(valid_currency(c) for c in ("EUR", "CHF", "XOF", "XAF", "XPF", "XCD"))
+    assert not any(valid_currency(c) for c in ("ABC", "XAU", "XXX", "XTS", "XDR", "eur", "EU", ""))
+
+
+def test_echo_cuts_long_values() -> None:
+    assert echo("ACME-1") == "'ACME-1'"
+    shown = echo("a" * 10_000)
+    assert len(shown) == 100 and shown.startswith("'aaa") and shown.endswith("…")
 
 
 def test_postal_code_required_where_the_country_has_them() -> None:

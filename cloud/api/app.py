@@ -10,22 +10,28 @@ No ``from __future__ import annotations`` here: FastAPI reads the handlers' anno
 the handlers close over dependencies built inside :func:`create_app`.
 """
 
+import email.message
 import html
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+from pydantic_core import PydanticCustomError
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cloud.api.problems import install_problem_handlers, problem_response
+from cloud.api.problems import HTTP_TITLES, UnsupportedMediaType, install_problem_handlers, problem_response
 from cloud.carriers import Carrier, SandboxCarrier
 from cloud.catalog import ProductIn, save_product
 from cloud.db import make_engine, read_session, upgrade, write_session
@@ -40,10 +46,63 @@ __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 MAX_BODY_BYTES = 1_000_000
 
+
+def _webhook_url(url: str) -> str:
+    """http(s), a host, a valid port, no user:password (the signature authenticates us). Loopback
+    and private addresses are fine: receivers run next to the cloud, e.g. the demo's."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number in 0..65535
+    except ValueError as e:
+        raise PydanticCustomError("invalid_url", "not a valid URL ({error})", {"error": str(e)}) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise PydanticCustomError("invalid_url", "the scheme must be http or https")
+    if not parts.hostname:
+        raise PydanticCustomError("invalid_url", "the URL has no host")
+    if port == 0:
+        raise PydanticCustomError("invalid_url", "port 0 is not a port to deliver to")
+    if "@" in parts.netloc:
+        raise PydanticCustomError("invalid_url", "the URL must not carry a user name or password")
+    return url
+
+
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(max_length=2000, pattern=r"^https?://[^\s]+$")
+    url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://[^\s]+$"),
+                   AfterValidator(_webhook_url)] | None
+
+
+class _BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with a problem+json 413: at once when Content-Length
+    announces it, else when the body read so far passes it (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        detail = f"the request body is larger than {self.limit} bytes"
+        announced = Headers(scope=scope).get("content-length", "")
+        if announced.isdigit() and int(announced) > self.limit:
+            response = problem_response(413, HTTP_TITLES[413], detail, instance=scope.get("path"))
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, detail)  # answered by the problem handlers
+            return message
+
+        await self.app(scope, counted, send)
 
 
 # C0 controls but tab/LF/CR, and DEL: PostgreSQL cannot store NUL, and none of them belongs in a
@@ -52,17 +111,20 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTROL_ESCAPE = re.compile(rb"\\u00(?:[01][0-9a-fA-F]|7[fF])")
 
 
-def _strings(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
-    """Every string of a parsed JSON document (keys too) with its path."""
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield path + (k,), k
-            yield from _strings(v, path + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _strings(v, path + (i,))
+def _strings(document: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Every string of a parsed JSON document (keys too) with its path; without recursion, so
+    nesting as deep as the JSON parser allows cannot exhaust the stack."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            yield path, value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield path + (k,), k
+                stack.append((path + (k,), v))
+        elif isinstance(value, list):
+            stack.extend((path + (i,), v) for i, v in enumerate(value))
 
 
 async def _refuse_control_characters(request: Request) -> None:
@@ -83,13 +145,33 @@ async def _refuse_control_characters(request: Request) -> None:
     if body and _CONTROL_ESCAPE.search(body):
         try:
             document = json.loads(body)
-        except ValueError:
-            document = None  # FastAPI answers json_invalid itself
+        except (ValueError, RecursionError):
+            document = None  # a JSON endpoint has answered this already (the problem handlers)
         for path, text in _strings(document):
             if _CONTROL.search(text):
                 bad(("body", *path))
     if errors:
         raise RequestValidationError(errors)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+async def _require_json_body(request: Request) -> None:
+    """A body sent to an endpoint that reads JSON must say it is JSON: 415 otherwise (FastAPI would
+    hand the raw bytes to the model and answer "Input should be a valid dictionary")."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return
+    content_type = request.headers.get("content-type")
+    if not _is_json(content_type) and await request.body():
+        raise UnsupportedMediaType(content_type)
 
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="apiKey", description="Authorization: Bearer <api key>")
@@ -130,8 +212,9 @@ def create_app(
         docs_url=None,  # the Swagger/ReDoc pages load their JS from a CDN; /docs below works offline
         redoc_url=None,
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
+    # not FastAPI's max_body_size: Starlette answers an announced oversize body in text/plain
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     install_problem_handlers(app)
     app.include_router(_system_routes(app, db))
     app.include_router(_v1_routes(db, orders))
@@ -155,14 +238,14 @@ def _tenant_dependency(engine: Engine) -> Callable[..., TenantContext]:
 
 def _v1_routes(engine: Engine, orders: OrderService) -> APIRouter:
     router = APIRouter(prefix="/v1", responses={401: _PROBLEM, 422: _PROBLEM},
-                       dependencies=[Depends(_refuse_control_characters)])
+                       dependencies=[Depends(_require_json_body), Depends(_refuse_control_characters)])
     Tenant = Annotated[TenantContext, Depends(_tenant_dependency(engine))]
 
     @router.post("/orders", status_code=201, responses={409: _PROBLEM, 503: _PROBLEM}, tags=["orders"])
     def create_order(
         order: OrderIn,
         tenant: Tenant,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
     ) -> JSONResponse:
         """Validate, route, reserve, buy the label and release the order (or backorder it)."""
         result = orders.create(tenant, order, idempotency_key)

@@ -6,15 +6,23 @@ import hashlib
 import json
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from cloud.catalog import Sku
+from cloud.catalog import Sku, printed_text
+from cloud.validation import MAX_FIELD_LEN
 
 __all__ = ["INCOTERMS", "Incoterm", "CancelIn", "GiftIn", "OrderIn", "OrderLineIn", "ShipToIn", "request_hash"]
 
 Incoterm = Literal["EXW", "FCA", "CPT", "CIP", "DAP", "DPU", "DDP", "FAS", "FOB", "CFR", "CIF"]  # Incoterms 2020
 INCOTERMS: tuple[str, ...] = get_args(Incoterm)
-Text = Annotated[str, StringConstraints(max_length=400)]
+# validate_ship_to refuses a field longer than this; the schema says so too
+Text = Annotated[str, StringConstraints(max_length=MAX_FIELD_LEN)]
+
+
+def _reference(value: str) -> str:
+    """The merchant's own id is printed on the label, so it must print; it is kept as sent."""
+    printed_text(value, "external_id")
+    return value
 
 
 class ShipToIn(BaseModel):
@@ -53,7 +61,9 @@ class OrderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tenant: str | None = Field(default=None, description="optional; must be the caller's tenant")
-    external_id: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+    external_id: Annotated[str, AfterValidator(_reference)] = Field(
+        min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
+    )
     channel: str | None = Field(default=None, max_length=40)
     service_level: Literal["standard", "express"] = "standard"
     ship_to: ShipToIn

@@ -46,7 +46,7 @@ from cloud.orders.schemas import CancelIn, OrderIn, request_hash
 from cloud.routing import SiteCandidate, needs_customs, rank_sites
 from cloud.serials import SerialSource
 from cloud.tenants import TenantContext
-from cloud.validation import customs_problems, validate_ship_to
+from cloud.validation import customs_problems, echo, validate_ship_to
 from sync import contract as c
 
 __all__ = ["CANCELLABLE", "OrderResult", "OrderService", "order_view"]
@@ -137,6 +137,17 @@ class _Placement:
     stock: dict[str, ledger.SiteStock]
 
 
+class _IdempotencyKeyProblem(FieldProblem):
+    """A problem with the ``Idempotency-Key`` header, in the shape the API gives every header or
+    parameter problem (``{"parameter", "in", "detail", "code"}``, :mod:`cloud.api.problems`)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__("", code, detail)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"parameter": "Idempotency-Key", "in": "header", "detail": self.detail, "code": self.code}
+
+
 class _StillBackordered(Exception):
     """Rolls a backorder's release attempt back: nothing of it stays."""
 
@@ -182,7 +193,10 @@ class OrderService:
                 errors=[FieldProblem("/tenant", "tenant_mismatch", f"must be {tenant.id!r} (the caller) or absent")],
             )
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-            raise InvalidRequest("Idempotency-Key must be 1..255 characters")
+            raise InvalidRequest(
+                "Idempotency-Key must be 1..255 characters",
+                errors=[_IdempotencyKeyProblem("invalid_idempotency_key", "must be 1..255 characters")],
+            )
         digest = request_hash(order)
         ship_to, address_problems = validate_ship_to(
             order.ship_to.model_dump(exclude_none=True), service_level=order.service_level
@@ -238,6 +252,10 @@ class OrderService:
         if row.request_hash != digest:
             raise InvalidRequest(
                 "idempotency key reused with a different request",
+                errors=[_IdempotencyKeyProblem(
+                    "idempotency_key_reused",
+                    "already used for a different request; retry with the same body, or use a new key",
+                )],
                 code="idempotency_key_reused",
             )
         return OrderResult(int(row.status_code), json.loads(row.response_json), replayed=True)
@@ -529,7 +547,7 @@ class OrderService:
         conn = s.connection()
         row = conn.execute(sa.select(ORDERS).where(ORDERS.c.id == oid, ORDERS.c.tenant == tenant)).first()
         if row is None:
-            raise NotFound(f"no order {oid!r}")
+            raise NotFound(f"no order {echo(oid)}")
         lines = [
             (sku, int(qty))
             for sku, qty in conn.execute(
@@ -553,7 +571,7 @@ class OrderService:
                 sa.select(ORDERS.c.id).where(ORDERS.c.tenant == tenant.id, ORDERS.c.external_id == external_id)
             ).scalar()
             if oid is None:
-                raise NotFound(f"no order with external_id {external_id!r}")
+                raise NotFound(f"no order with external_id {echo(external_id)}")
             order, lines, shipment = self._load(s, tenant.id, oid)
         return order_view(order, lines, shipment)
 
@@ -562,7 +580,7 @@ class OrderService:
         with read_session(self.engine) as s:
             order, _lines, shipment = self._load(s, tenant.id, oid)
         if order["status"] == "cancelled" or shipment is None or shipment.get("voided_at") is not None:
-            raise NotFound(f"order {oid!r} has no valid label (status {order['status']})")
+            raise NotFound(f"order {echo(oid)} has no valid label (status {order['status']})")
         return str(shipment["tracking_number"]), str(shipment["zpl"])
 
     # --- cancel -----------------------------------------------------------------------------------
