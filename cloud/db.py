@@ -17,6 +17,7 @@ and :func:`upgrade`.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from sqlmodel import Session
 
 __all__ = [
     "MIGRATIONS",
+    "check_database_url",
     "dialect_insert",
     "is_sqlite",
     "make_engine",
@@ -58,16 +60,63 @@ def dialect_insert(bind: Engine | Connection, table: sa.Table) -> postgresql.Ins
     raise NotImplementedError(f"the cloud runs on SQLite or PostgreSQL, not {bind.dialect.name}")
 
 
+_EXPECTED = "expected sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+
+
+def _shown(url: str) -> str:
+    """``url`` for an error message, with any password masked."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def check_database_url(url: str) -> sa.engine.URL:
+    """Parse and check a cloud database URL without connecting or creating anything.
+
+    Raises ValueError (bad input) naming what is wrong: not a URL, a database the cloud does
+    not run on, a driver other than psycopg 3, a SQLite URL without a file, a driver that is
+    not installed. Whether the server answers is for the first connection to tell
+    (``OperationalError``).
+    """
+    try:
+        u = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ValueError(f"bad database URL {_shown(url)!r}: {_EXPECTED}") from None
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        if u.get_driver_name() not in ("pysqlite", "sqlite"):
+            raise ValueError(f"bad database URL {_shown(url)!r}: use plain sqlite:///PATH, not {u.drivername}")
+        if not u.database or u.database == ":memory:" or "mode=memory" in str(u):
+            raise ValueError(f"bad database URL {_shown(url)!r}: the cloud needs a SQLite file, e.g. "
+                             "sqlite:///cloud.db (each pooled connection to :memory: is its own database)")
+        return u
+    if backend in ("postgresql", "postgres"):
+        if u.drivername in ("postgresql", "postgres"):
+            u = u.set(drivername="postgresql+psycopg")
+        if u.get_driver_name() != "psycopg":
+            raise ValueError(f"bad database URL {_shown(url)!r}: use postgresql+psycopg:// (psycopg 3) "
+                             f"for the cloud database, not {u.drivername}")
+        try:
+            u.get_dialect().import_dbapi()
+        except ImportError as e:
+            raise ValueError(f"database URL {_shown(url)!r} needs the psycopg driver, which is not "
+                             f"installed ({e}): pip install 'psycopg[binary]'") from None
+        return u
+    raise ValueError(f"bad database URL {_shown(url)!r}: the cloud runs on SQLite or PostgreSQL, "
+                     f"not {u.drivername!r}; {_EXPECTED}")
+
+
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, busy_timeout_ms: int = 30_000) -> Engine:
     """Build the cloud's engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://…``).
 
+    A bad URL raises ValueError (see :func:`check_database_url`) before anything is created.
     Pool sizes fit a threaded server (uvicorn's threadpool runs sync handlers on up to 40
     threads): ``pool_size`` connections are kept, ``max_overflow`` more may be opened.
     """
-    u = sa.engine.make_url(url)
+    u = check_database_url(url)
     if u.get_backend_name() == "sqlite":
-        if not u.database or u.database == ":memory:" or "mode=memory" in str(u):
-            raise ValueError("the cloud needs a SQLite file (each pooled connection to :memory: is its own database)")
+        assert u.database
         Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             u,
@@ -78,10 +127,6 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, busy_t
         )
         _configure_sqlite(engine, busy_timeout_ms)
         return engine
-    if u.get_backend_name() == "postgresql" and u.get_driver_name() in ("psycopg2", "pg8000", "asyncpg"):
-        raise ValueError(f"use postgresql+psycopg:// (psycopg 3) for the cloud database, not {u.drivername}")
-    if u.drivername == "postgresql":
-        u = u.set(drivername="postgresql+psycopg")
     return sa.create_engine(
         u,
         pool_size=pool_size,

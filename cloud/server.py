@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
 from cloud.api.app import create_app
-from cloud.db import make_engine, upgrade
+from cloud.db import check_database_url, make_engine, upgrade
 from cloud.ingest import SqlCloudStore
 from cloud.ledger.store import check_invariants
 from cloud.loader import load_dir
@@ -137,18 +137,22 @@ class CloudServer:
         client_id: str | None = None,
     ) -> None:
         self.host = host
-        self.port = port
+        self.port = port  # 0: any free port; the bound one is here once start() returns
         self.engine: Engine = make_engine(database_url)
-        upgrade(self.engine)
-        # no persistent session: with a shared subscription a dead worker's session would hoard
-        # its share of events; the stations' outboxes resend whatever was in flight
-        # workers of one deployment share the ingest through one group; another deployment on the
-        # same broker (another group) gets its own copy instead of stealing this one's events
-        group = settings.cloud_group
-        client_id = client_id or f"{group}-{uuid.uuid4().hex[:8]}"
-        self.bus = PahoBus(parse_mqtt_url(mqtt_url), client_id, protocol=protocol, persistent=False)
-        self.process = CloudProcess(settings, engine=self.engine, bus=self.bus,
-                                    shared_group=group if protocol == 5 else None, migrate=False)
+        try:
+            upgrade(self.engine)
+            # no persistent session: with a shared subscription a dead worker's session would hoard
+            # its share of events; the stations' outboxes resend whatever was in flight
+            # workers of one deployment share the ingest through one group; another deployment on the
+            # same broker (another group) gets its own copy instead of stealing this one's events
+            group = settings.cloud_group
+            client_id = client_id or f"{group}-{uuid.uuid4().hex[:8]}"
+            self.bus = PahoBus(parse_mqtt_url(mqtt_url), client_id, protocol=protocol, persistent=False)
+            self.process = CloudProcess(settings, engine=self.engine, bus=self.bus,
+                                        shared_group=group if protocol == 5 else None, migrate=False)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -168,13 +172,25 @@ class CloudServer:
         self._thread.start()
         self.process.start()
         self.bus.start()
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline = started + wait_s
         while not self._uvicorn.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
-                raise ConnectionError(f"the API did not start on {self.api_url}")
+                raise ConnectionError(f"the API did not start on {self.api_url} (see the log above)")
             time.sleep(0.02)
+        self.port = self._bound_port() or self.port
         if not self.bus.wait_connected(max(0.1, deadline - time.monotonic())):
-            raise ConnectionError(f"no connection to the MQTT broker at {self.bus.url}: {self.bus.last_error}")
+            reason = self.bus.why_not_connected(round(time.monotonic() - started, 1))
+            raise ConnectionError(f"no connection to the MQTT broker at {self.bus.url}: {reason}")
+
+    def _bound_port(self) -> int | None:
+        """The port uvicorn listens on (the real one when asked for port 0)."""
+        for server in getattr(self._uvicorn, "servers", None) or []:
+            for sock in server.sockets or []:
+                name = sock.getsockname()
+                if isinstance(name, tuple):
+                    return int(name[1])
+        return None
 
     def load_dir(self, folder: Path) -> dict[str, dict[str, Any]]:
         return load_dir(self.engine, folder)
@@ -191,24 +207,34 @@ class CloudServer:
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
-    """``packline cloud serve``: run until interrupted; start a private broker if none is configured."""
-    from sync.broker import start_default_broker
+    """``packline cloud serve``: run until interrupted (KeyboardInterrupt; the ``packline`` command
+    turns SIGTERM into one); start a private broker if none is configured.
 
-    broker = None
+    What can be refused is checked before anything starts: the database URL (ValueError), the
+    configured broker (a quick probe, ConnectionError), then the database itself (migrated;
+    OperationalError when unreachable). Only then the private broker, the API and the ingest
+    start, and every way out of here stops what was started.
+    """
+    from sync.broker import probe_mqtt_broker, start_process_broker
+
+    database_url = settings.cloud_database_url()
+    check_database_url(database_url)
     mqtt_url, protocol = settings.mqtt_url, settings.mqtt_protocol
-    if not mqtt_url:
-        broker = start_default_broker(settings.data_dir / "broker")
-        mqtt_url, protocol = broker.url, broker.protocol
-        log.warning("no PACKLINE_MQTT_URL: started a broker at %s for this process", mqtt_url)
-    server = CloudServer(settings, database_url=settings.cloud_database_url(), mqtt_url=mqtt_url,
-                         protocol=protocol, host=host, port=port)
-    try:
+    if mqtt_url:
+        probe_mqtt_broker(parse_mqtt_url(mqtt_url))  # seconds, not the API's start-up plus a CONNACK wait
+    migrate(database_url)
+    with contextlib.ExitStack() as stack:
+        if not mqtt_url:
+            # a folder of this process's own: two `cloud serve` on one data dir must not share one
+            broker = start_process_broker(settings.data_dir / "broker")
+            stack.callback(broker.stop)
+            mqtt_url, protocol = broker.url, broker.protocol
+            log.info("no PACKLINE_MQTT_URL: started a broker at %s for this process", mqtt_url)
+        server = CloudServer(settings, database_url=database_url, mqtt_url=mqtt_url,
+                             protocol=protocol, host=host, port=port)
+        stack.callback(server.stop)
         server.start()
-        log.warning("API on %s (OpenAPI at %s/openapi.json); MQTT ingest on %s", server.api_url, server.api_url,
-                    mqtt_url)
+        log.info("API on %s (OpenAPI at %s/openapi.json); MQTT ingest on %s", server.api_url, server.api_url,
+                 mqtt_url)
         while True:
             time.sleep(3600)
-    finally:
-        server.stop()
-        if broker:
-            broker.stop()

@@ -8,6 +8,18 @@
 
 :func:`start_default_broker` picks the first that works. Both expose ``url`` and
 ``protocol`` (5 or 311: the MQTT version clients should speak to it) and ``stop()``.
+:func:`start_process_broker` does the same in a folder of this process's own (two processes
+with the same data dir each get theirs).
+
+A private mosquitto never outlives Packline: ``stop()`` ends it, and on Linux it is started
+with a parent-death signal (``PR_SET_PDEATHSIG``), so it gets SIGTERM even when Packline is
+SIGKILLed. The kernel sends that signal when the *thread* that started the broker ends, so it
+is set only when the broker is started from the main thread (as ``packline cloud serve`` and
+``packline demo`` do); a broker started from another thread relies on ``stop()`` alone.
+
+:func:`probe_mqtt_broker` answers "is there an MQTT broker at this URL?" in seconds, before
+anything else is started (a refused port, or a port that accepts TCP but never answers
+CONNECT).
 """
 
 from __future__ import annotations
@@ -17,14 +29,30 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
+import ssl
 import subprocess
+import sys
+import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["BrokerError", "EmbeddedBroker", "MosquittoProcess", "RunningBroker", "start_default_broker"]
+from sync.settings import MqttUrl
+
+__all__ = [
+    "BrokerError",
+    "EmbeddedBroker",
+    "MosquittoProcess",
+    "RunningBroker",
+    "probe_mqtt_broker",
+    "start_default_broker",
+    "start_process_broker",
+]
 
 log = logging.getLogger("packline.broker")
 
@@ -53,6 +81,78 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def probe_mqtt_broker(url: MqttUrl, timeout_s: float = 3.0) -> None:
+    """Raise ConnectionError unless an MQTT broker answers at ``url`` within about ``timeout_s``.
+
+    Opens a TCP (for mqtts://, TLS) connection, sends an MQTT 3.1.1 CONNECT with a throwaway
+    client id and clean session, waits for any CONNACK (a refusal, e.g. bad credentials, still
+    proves a broker: the real client reports it) and disconnects. Every MQTT 5 broker also
+    speaks 3.1.1, so this works for both.
+    """
+    try:
+        sock = socket.create_connection((url.host, url.port), timeout=timeout_s)
+    except OSError as e:
+        raise ConnectionError(f"no MQTT broker answers at {url}: {e}") from None
+    try:
+        sock.settimeout(timeout_s)
+        if url.tls:
+            try:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=url.host)
+            except (ssl.SSLError, OSError) as e:
+                raise ConnectionError(f"TLS with the MQTT broker at {url} failed: {e}") from None
+        client_id = f"packline-probe-{uuid.uuid4().hex[:8]}".encode()
+        body = (b"\x00\x04MQTT\x04\x02\x00\x0a"  # protocol name, level 4 (3.1.1), clean session, keepalive 10 s
+                + len(client_id).to_bytes(2, "big") + client_id)
+        hint = "" if url.tls else " (a TLS port needs mqtts://)"
+        try:
+            sock.sendall(bytes([0x10, len(body)]) + body)
+            first = sock.recv(1)
+        except TimeoutError:
+            raise ConnectionError(f"{url} accepted a TCP connection but sent no CONNACK within {timeout_s:g} s: "
+                                  f"is this an MQTT broker?{hint}") from None
+        except OSError as e:
+            raise ConnectionError(f"{url} closed the connection instead of answering MQTT CONNECT ({e}): "
+                                  f"is this an MQTT broker?{hint}") from None
+        if not first:
+            raise ConnectionError(f"{url} closed the connection instead of answering MQTT CONNECT: "
+                                  f"is this an MQTT broker?{hint}")
+        if first[0] & 0xF0 != 0x20:
+            raise ConnectionError(f"{url} answered MQTT CONNECT with something other than a CONNACK: "
+                                  f"is this an MQTT broker?{hint}")
+        with contextlib.suppress(OSError):
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+    finally:
+        sock.close()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux), or None.
+
+    PR_SET_PDEATHSIG fires when the forking *thread* exits, so only a fork from the main thread
+    (which lives as long as the process) gets it; other threads get None.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        prctl.restype = ctypes.c_int
+    except (OSError, AttributeError, ImportError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: nothing that may take a lock
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0 and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)  # the parent died before prctl: nobody would tell us
+
+    return preexec
 
 
 class MosquittoProcess:
@@ -113,7 +213,8 @@ class MosquittoProcess:
             [self.binary, "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            start_new_session=True,
+            start_new_session=True,  # Ctrl+C reaches Packline, which stops the broker after its clients
+            preexec_fn=_die_with_parent(),  # one prctl, getppid, kill: nothing that takes a lock
         )
         if not wait_for_port("127.0.0.1", self.port, timeout_s):
             err = b""
@@ -222,3 +323,83 @@ def start_default_broker(folder: Path) -> RunningBroker:
         except BrokerError as e:
             log.warning("private mosquitto failed (%s); using the embedded broker", e)
     return EmbeddedBroker().start()
+
+
+_LOCK = "owner.lock"
+
+
+class _ProcessBroker:
+    """A broker in a folder this process owns (held by an flock on ``owner.lock``); ``stop()``
+    stops the broker and removes the folder."""
+
+    def __init__(self, broker: RunningBroker, folder: Path, lock_fd: int | None) -> None:
+        self.broker, self.folder, self._lock_fd = broker, folder, lock_fd
+        self.url, self.protocol = broker.url, broker.protocol
+
+    def stop(self) -> None:
+        try:
+            self.broker.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def _lock_folder(folder: Path) -> int | None:
+    """Hold an exclusive flock on ``folder/owner.lock`` for as long as the returned fd is open.
+    The lock file is locked before it gets its name, so a named lock file is always held
+    while its owner lives (and free once it is gone, however it ended)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no sweeping of abandoned folders
+        return None
+    tmp = folder / f".{_LOCK}.tmp"
+    fd = os.open(tmp, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.replace(tmp, folder / _LOCK)
+    return fd
+
+
+def _sweep_abandoned(base: Path) -> None:
+    """Remove folders under ``base`` left by processes that died without ``stop()`` (SIGKILL)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    for folder in base.glob("p*-*"):
+        lock = folder / _LOCK
+        if not lock.is_file():
+            continue  # being set up right now, or not ours
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its owner is alive
+        finally:
+            os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_process_broker(base: Path) -> RunningBroker:
+    """:func:`start_default_broker` in a new folder under ``base`` that belongs to this process
+    alone (``base/p<pid>-<random>``): two processes with the same data dir never share a
+    broker's config, persistence or log. ``stop()`` removes the folder; folders of processes
+    that died without stopping are swept at the next start."""
+    base.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        _sweep_abandoned(base)
+    folder = Path(tempfile.mkdtemp(prefix=f"p{os.getpid()}-", dir=base))
+    lock_fd: int | None = None
+    try:
+        lock_fd = _lock_folder(folder)
+        broker = start_default_broker(folder)
+    except BaseException:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return _ProcessBroker(broker, folder, lock_fd)

@@ -102,8 +102,17 @@ class PahoBus:
             self.client.connect_async(self.url.host, self.url.port, self.keepalive_s)
         self.client.loop_start()
         if wait_s is not None and not self._connected.wait(wait_s):
-            raise ConnectionError(f"no connection to MQTT broker {self.url} within {wait_s}s: {self.last_error}")
+            raise ConnectionError(f"no connection to the MQTT broker at {self.url}: {self.why_not_connected(wait_s)}")
         return self
+
+    def why_not_connected(self, waited_s: float) -> str:
+        """Why no CONNACK arrived while waiting ``waited_s`` seconds, for an error message."""
+        if self.last_error:
+            return self.last_error
+        if self.client.socket() is not None:  # TCP is up, the broker just never answered CONNECT
+            hint = "" if self.url.tls else " (a TLS port needs mqtts://)"
+            return f"no CONNACK within {waited_s:g} s: is this an MQTT broker?{hint}"
+        return f"no TCP connection within {waited_s:g} s"
 
     def stop(self, *, graceful: bool = True) -> None:
         """Disconnect (graceful: no Last Will) and stop the network thread."""

@@ -2,8 +2,12 @@
 
 Precedence (highest first): command-line option > ``PACKLINE_*`` environment variable >
 default. Names are flat: ``PACKLINE_DATABASE_URL``, ``PACKLINE_MQTT_URL``,
-``PACKLINE_DATA_DIR``. Every file Packline writes lives under ``data_dir`` unless an
-option says otherwise.
+``PACKLINE_DATA_DIR``. An empty variable (``PACKLINE_DATA_DIR=``) counts as unset. Every
+file Packline writes lives under ``data_dir`` unless an option says otherwise.
+
+Every value is checked when :class:`Settings` is built (an MQTT URL must parse, ports are
+0..65535, ...), so a command can refuse bad input before it touches anything. The
+database URL's dialect is the cloud's business: ``cloud.db.check_database_url``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def _default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PACKLINE_", extra="ignore")
+    # an empty PACKLINE_DATA_DIR= must not mean "the current directory"
+    model_config = SettingsConfigDict(env_prefix="PACKLINE_", extra="ignore", env_ignore_empty=True)
 
     data_dir: Path = Field(default_factory=_default_data_dir, description="where databases, configs and labels live")
     database_url: str | None = Field(
@@ -40,7 +45,7 @@ class Settings(BaseSettings):
     )
     mqtt_protocol: int = Field(default=5, description="MQTT version to speak: 5, or 311 for 3.1.1")
     api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_port: int = Field(default=8000, ge=0, le=65535, description="TCP port of the API; 0: any free port")
     webhook_timeout_s: float = 5.0
     signing_secret_bytes: int = 24
     admin_token: SecretStr | None = None
@@ -49,7 +54,14 @@ class Settings(BaseSettings):
     @classmethod
     def _protocol(cls, v: int) -> int:
         if v not in (5, 311):
-            raise ValueError("mqtt_protocol is 5 (MQTT 5) or 311 (MQTT 3.1.1)")
+            raise ValueError("must be 5 (MQTT 5) or 311 (MQTT 3.1.1)")
+        return v
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_mqtt_url(v)  # ValueError with the reason
         return v
 
     @field_validator("data_dir")
@@ -95,14 +107,17 @@ class MqttUrl:
 def parse_mqtt_url(url: str) -> MqttUrl:
     """Parse ``mqtt[s]://[user:pass@]host:port``; raise ValueError with a clear reason."""
     parts = urlsplit(url)
+    shown = url.replace(f":{parts.password}@", ":***@") if parts.password else url  # never echo a password
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {shown!r}")
     if not parts.hostname:
-        raise ValueError(f"MQTT URL has no host: {url!r}")
+        raise ValueError(f"MQTT URL has no host: {shown!r}")
     try:
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        port = parts.port if parts.port is not None else (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
-        raise ValueError(f"MQTT URL has a bad port: {url!r}") from None
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ValueError(f"MQTT URL has a bad port (1..65535): {shown!r}")
     return MqttUrl(
         host=parts.hostname,
         port=port,

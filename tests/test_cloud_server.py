@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
-from cloud.db import make_engine
+from cloud.db import check_database_url, make_engine
 from cloud.server import CloudProcess, load_folder, migrate
 from sync import contract as c
 from sync.memory import MemoryBroker
@@ -59,3 +61,29 @@ def test_release_reaches_the_site_feed_and_packed_is_acked(db_url: str, tmp_path
     finally:
         process.stop()
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("notaurl", "expected sqlite:///PATH or postgresql+psycopg://"),
+        ("foo://bar", "runs on SQLite or PostgreSQL, not 'foo'"),
+        ("mysql://u:pw@h/db", "not 'mysql'"),
+        ("postgresql+psycopg2://u:pw@h/db", "use postgresql+psycopg://"),
+        ("sqlite://", "needs a SQLite file"),
+        ("sqlite:///:memory:", "needs a SQLite file"),
+    ],
+)
+def test_bad_database_urls_are_refused_before_anything_is_made(url: str, reason: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)) as e:
+        check_database_url(url)
+    assert ":pw@" not in str(e.value)
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        make_engine(url)
+
+
+def test_good_database_urls_pass_without_connecting(tmp_path: Path) -> None:
+    assert check_database_url(f"sqlite:///{tmp_path / 'c.db'}").get_backend_name() == "sqlite"
+    assert not (tmp_path / "c.db").exists()
+    # the server need not be there: that is the first connection's to tell (exit 3, not 2)
+    assert check_database_url("postgresql://u:pw@127.0.0.1:1/x").drivername == "postgresql+psycopg"

@@ -129,3 +129,17 @@ def test_bad_mqtt_urls_are_clear() -> None:
     u = parse_mqtt_url("mqtts://st%401:p%3Ass@broker.example:8883")
     assert (u.username, u.password, u.tls, u.port) == ("st@1", "p:ss", True, 8883)
     assert "p:ss" not in str(u)
+
+
+def test_paho_bus_names_a_broker_that_never_sends_connack() -> None:
+    import socket
+
+    with socket.socket() as mute:  # accepts TCP (the kernel does), never speaks MQTT
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        bus = PahoBus(parse_mqtt_url(f"mqtt://127.0.0.1:{mute.getsockname()[1]}"), "mute-check", protocol=5)
+        try:
+            with pytest.raises(ConnectionError, match=r"no CONNACK within 1.5 s: is this an MQTT broker\?"):
+                bus.start(wait_s=1.5)
+        finally:
+            bus.stop(graceful=False)
