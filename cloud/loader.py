@@ -46,7 +46,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from cloud import ledger
-from cloud.catalog import ProductIn, upsert_product
+from cloud.catalog import ProductIn, gtin_conflicts, upsert_product
 from cloud.db import dialect_insert, write_session
 from cloud.dbtypes import utcnow
 from cloud.errors import CloudError
@@ -281,6 +281,9 @@ def load_dir(
             )
         for p in products:
             upsert_product(s, p.tenant, p)
+        for i, p in enumerate(products):  # one GTIN, one SKU per tenant: a scan must name one item
+            for gtin, other in gtin_conflicts(s, p.tenant, p.sku, list(p.gtins)).items():
+                raise LoadError("products.json", i, f"GTIN {gtin} is already {p.tenant}'s {other}")
         for pk in packers:
             values = pk.model_dump()
             ins = dialect_insert(conn, _PACKERS).values(**values)

@@ -22,7 +22,7 @@ from cloud.api.app import create_app
 from cloud.db import check_database_url, make_engine, upgrade
 from cloud.ingest import SqlCloudStore
 from cloud.ledger.store import check_invariants
-from cloud.loader import load_dir
+from cloud.loader import load_dir, read_seed
 from cloud.models import Order, WebhookDelivery
 from cloud.webhooks import WebhookDispatcher
 from sync.link import Bus, CloudLink
@@ -43,6 +43,7 @@ def migrate(database_url: str) -> None:
 
 
 def load_folder(database_url: str, folder: Path) -> dict[str, dict[str, Any]]:
+    read_seed(folder)  # a wrong folder is refused before any database is created or migrated
     engine = make_engine(database_url)
     try:
         upgrade(engine)

@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import shutil
-import socket
 import statistics
 import time
 import uuid
@@ -33,7 +32,7 @@ from cloud.server import CloudServer
 from cloud.webhooks import verify as verify_webhook
 from packline import wiring
 from packline.webhook_receiver import WebhookReceiver
-from sync.broker import RunningBroker, free_port, start_default_broker
+from sync.broker import RunningBroker, free_port, probe_mqtt_broker, start_default_broker
 from sync.settings import Settings, parse_mqtt_url
 
 __all__ = ["DemoOptions", "DemoResult", "run_demo"]
@@ -107,11 +106,8 @@ def _load(sample_dir: Path, name: str) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def _broker(opts: DemoOptions, folder: Path) -> Iterator[tuple[str, int]]:
     if opts.mqtt_url:
-        url = parse_mqtt_url(opts.mqtt_url)  # clear error for a bad URL before anything starts
-        try:
-            socket.create_connection((url.host, url.port), timeout=3.0).close()
-        except OSError as e:
-            raise ConnectionError(f"no MQTT broker answers at {url}: {e}") from None
+        # a clear error for a bad URL, a closed port or something that is not an MQTT broker
+        probe_mqtt_broker(parse_mqtt_url(opts.mqtt_url))
         yield opts.mqtt_url, opts.mqtt_protocol
         return
     broker: RunningBroker = start_default_broker(folder)

@@ -168,10 +168,10 @@ class DemoStation:
     def stop(self) -> None:
         if self.packer:
             self.packer.stop()
+        if self.bus:  # first the messages stop coming, then the replica closes
+            self.bus.stop()
         if self.runtime:
             self.runtime.stop()
-        if self.bus:
-            self.bus.stop()
         if self.zebra:
             self.zebra.stop()
         if self.scanner:
@@ -201,6 +201,6 @@ def run_station_app(data_dir: Path, station_id: str) -> int:
     try:
         PackingApp(runtime).run()
     finally:
-        runtime.stop()
         bus.stop()
+        runtime.stop()
     return 0

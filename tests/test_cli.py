@@ -72,6 +72,16 @@ def test_cloud_load_of_a_bad_folder_is_a_clear_error_and_writes_nothing(tmp_path
     engine.dispose()
 
 
+def test_cloud_load_of_a_folder_without_seed_files_creates_no_database(tmp_path: Path) -> None:
+    wrong = tmp_path / "etc"
+    wrong.mkdir()
+    (wrong / "hosts").write_text("127.0.0.1 localhost\n", "utf-8")
+    p = run("cloud", "load", str(wrong), "--database-url", f"sqlite:///{tmp_path / 'c.db'}", data_dir=tmp_path / "data")
+    assert p.returncode == 2 and p.stdout == ""
+    assert "tenants.json" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "c.db").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -58,6 +58,8 @@ def _counts(url: str) -> dict[str, int]:
         ("tenants.json", lambda rows: rows[1].update(vat_id="SE556036079401"), "tenants.json[1]: VAT id"),
         ("packers.json", lambda rows: rows[0].update(site="XX-NOWHERE"), "packers.json[0]: unknown site"),
         ("sites.json", lambda rows: rows.append(dict(rows[0])), "sites.json[3]: duplicate of record 0"),
+        ("products.json", lambda rows: rows[1].update(gtins=rows[0]["gtins"]),
+         "products.json[0]: GTIN 04006381333931 is already acme-outdoor's MUG-TI-450"),
     ],
 )
 def test_a_bad_record_names_file_and_index_and_writes_nothing(
