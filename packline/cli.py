@@ -34,7 +34,7 @@ log = logging.getLogger("packline")
 # settings that have an option, and its name (the rest come only from PACKLINE_* variables)
 _OPTIONS = {"data_dir": "--data-dir", "database_url": "--database-url", "mqtt_url": "--mqtt",
             "mqtt_protocol": "--mqtt-protocol"}
-_SECRET = {"admin_token"}
+_SECRET: frozenset[str] = frozenset()  # settings whose value is never shown (none yet)
 
 
 class UsageError(Exception):
@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines() or [type(e).__name__]:
             print(f"packline: {line}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # stdout closed early (`packline config | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OperationalError as e:  # the database is not there (or refuses us)
         print(f"packline: database unavailable: {_redact(str(e.orig or e)).strip().splitlines()[0]}", file=sys.stderr)
         return EXIT_ENV

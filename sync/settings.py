@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["MqttUrl", "Settings", "parse_mqtt_url"]
@@ -48,7 +48,6 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535, description="TCP port of the API; 0: any free port")
     webhook_timeout_s: float = 5.0
     signing_secret_bytes: int = 24
-    admin_token: SecretStr | None = None
 
     @field_validator("mqtt_protocol")
     @classmethod
