@@ -166,12 +166,30 @@ def encode(env: Envelope) -> bytes:
     return env.model_dump_json(by_alias=True).encode("utf-8")
 
 
+MAX_PAYLOAD_BYTES = 256 * 1024
+"""No message of this contract comes near this (an order.released with a label is a few KiB);
+anything larger is refused before it is parsed, so a flood of junk costs no memory or CPU."""
+MAX_REASON_CHARS = 500
+
+
+def _errors_text(e: ValidationError) -> str:
+    """Pydantic's errors without the offending input (it may be megabytes), cut short."""
+    text = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(envelope)'}: {err['msg']}"
+                     for err in e.errors(include_url=False, include_input=False))
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
 def decode(payload: bytes | str) -> Envelope:
     """Parse bytes from the wire; raise :class:`ContractError` with a readable reason."""
+    size = len(payload)
+    if size > MAX_PAYLOAD_BYTES:
+        raise ContractError(f"payload of {size} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
     try:
         raw = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ContractError(f"payload is not UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise ContractError("payload is JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise ContractError("payload is not a JSON object")
     schema = raw.get("schema", SCHEMA_VERSION)
@@ -182,14 +200,26 @@ def decode(payload: bytes | str) -> Envelope:
     try:
         return Envelope.model_validate(raw)
     except ValidationError as e:
-        raise ContractError(f"envelope invalid: {e.errors(include_url=False)}") from None
+        raise ContractError(f"envelope invalid: {_errors_text(e)}") from None
 
 
 def parse_body(env: Envelope, model: type[_B]) -> _B:
     try:
         return model.model_validate(env.body)
     except ValidationError as e:
-        raise ContractError(f"{env.type} body invalid: {e.errors(include_url=False)}") from None
+        raise ContractError(f"{env.type} body invalid: {_errors_text(e)}") from None
+
+
+def check_feed_entry(env: Envelope) -> None:
+    """Raise :class:`ContractError` unless ``env`` is a feed entry of a known type whose body
+    parses. A station checks an entry that arrived on the site feed before it lets it take a
+    ``seq``: a malformed or foreign entry must not take the place of the cloud's real one."""
+    models: dict[str, type[_Body]] = {ORDER_RELEASED: OrderReleasedBody, ORDER_CANCELLED: OrderCancelledBody,
+                                      ORDER_UPDATED: OrderUpdatedBody, FEED_SKIP: FeedSkipBody}
+    model = models.get(env.type)
+    if model is None:
+        raise ContractError(f"feed entry type {env.type!r} is not understood by this station")
+    parse_body(env, model)
 
 
 # --- bodies -------------------------------------------------------------------------

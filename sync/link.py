@@ -190,15 +190,15 @@ class StationLink:
             if env.type == c.ACK:
                 self._handle_ack(c.parse_body(env, AckBody))
             elif env.type in c.FEED_TYPES:
-                self._handle_feed(env)
+                self._handle_feed(env, replayed=topic == c.station_cmd_topic(self.station))
             else:
                 log.info("station %s ignores %s on %s", self.station, env.type, topic)
         except ContractError as e:
             self.stats.dead_letters += 1
-            self.last_error = str(e)
-            log.warning("station %s: bad message on %s: %s", self.station, topic, e)
+            self.last_error = str(e)[: c.MAX_REASON_CHARS]
+            log.warning("station %s: bad message on %s: %s", self.station, topic, self.last_error)
         except Exception as e:  # never kill the client's network thread
-            self.last_error = f"{type(e).__name__}: {e}"
+            self.last_error = f"{type(e).__name__}: {e}"[: c.MAX_REASON_CHARS]
             log.exception("station %s: failed to handle message on %s", self.station, topic)
 
     def _handle_ack(self, ack: AckBody) -> None:
@@ -213,7 +213,7 @@ class StationLink:
             self._on_rejected(ack)
         self._on_change()
 
-    def _handle_feed(self, env: Envelope) -> None:
+    def _handle_feed(self, env: Envelope, *, replayed: bool = False) -> None:
         if env.site != self.site:
             raise ContractError(f"feed entry for site {env.site} reached station of {self.site}")
         with self._lock:
@@ -221,6 +221,15 @@ class StationLink:
             if env.seq <= last:
                 self.stats.feed_duplicates += 1
                 return
+            if not replayed:
+                # anyone who can publish on the site feed could send this: a malformed entry must
+                # not take the seq of the cloud's real one. Ask the cloud for what stands there;
+                # only its own replay may make the station step past an entry it cannot apply.
+                try:
+                    c.check_feed_entry(env)
+                except ContractError:
+                    self._ask_replay_now(last)
+                    raise
             if env.seq > last + 1:
                 # a gap: ask for everything after what we have; this entry comes again in order
                 self._seen_high = max(self._seen_high, env.seq)
@@ -229,6 +238,12 @@ class StationLink:
             self.store.apply_feed(env)
             self.stats.feed_applied += 1
         self._on_change()
+
+    def _ask_replay_now(self, last: int) -> None:
+        now = time.monotonic()
+        if now - self._replay_asked_at > 1.0:
+            self._replay_asked_at = now
+            self.request_replay(last)
 
     def _ask_replay_if_gap(self, last: int | None = None) -> None:
         last = self.store.last_feed_seq() if last is None else last
@@ -391,10 +406,12 @@ class CloudLink:
         self.stats.acked += 1
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
+        """Record what was refused and why, bounded: junk on the bus must not fill the disk."""
         self.stats.dead_letters += 1
-        log.warning("cloud: dead letter from %s: %s", topic, reason)
+        reason = reason[: c.MAX_REASON_CHARS]
+        log.warning("cloud: dead letter from %s (%d bytes): %s", topic, len(payload), reason)
         try:
-            self.store.record_dead_letter(topic, payload, reason)
+            self.store.record_dead_letter(topic, payload[: c.MAX_PAYLOAD_BYTES], reason)
         except Exception:
             log.exception("cloud: could not record dead letter")
 

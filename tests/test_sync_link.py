@@ -71,6 +71,16 @@ class SqliteStationStore:
         return [r[0] for r in self.conn.execute("SELECT seq FROM applied ORDER BY seq")]
 
 
+
+def release_body(order_id: str) -> dict[str, object]:
+    return c.OrderReleasedBody(
+        order_id=order_id, external_id=f"EXT-{order_id}", tenant="t",
+        ship_to=c.ShipToSummary(name="Jan Novák", city="Praha", country="CZ"),
+        lines=[c.ReleasedLine(sku="SKU-1", name="Mug", qty=1, gtins=["04006381333948"])],
+        label=c.LabelInfo(carrier="sandbox", service="standard", tracking_number="CP000000014DE", zpl="^XA^XZ"),
+    ).model_dump(mode="json")
+
+
 class FakeCloudStore:
     def __init__(self) -> None:
         self.applied: dict[uuid.UUID, int] = {}
@@ -80,9 +90,13 @@ class FakeCloudStore:
         self.presence: dict[str, dict[str, object]] = {}
 
     def add_release(self, site: str, order_id: str) -> None:
+        self.add_entry(site, c.ORDER_RELEASED, release_body(order_id))
+
+    def add_entry(self, site: str, type_: str, body: dict[str, object]) -> None:
         seq = len(self.feed) + 1
-        env = c.new_envelope(c.ORDER_RELEASED, site=site, seq=seq, body={"order_id": order_id})
+        env = c.new_envelope(type_, site=site, seq=seq, body=body)
         self.feed.append(FeedEntry(site, seq, c.encode(env)))
+
 
     def apply_station_event(self, env: Envelope) -> AckBody:
         if env.id in self.applied:
@@ -295,3 +309,49 @@ def test_a_feed_entry_lost_before_the_broker_reaches_a_quiet_site_at_the_next_he
     assert hellos == [1] and store.applied() == [1]
     link.pump()
     assert hellos == [1]  # not again until the next interval
+
+
+def test_a_malformed_entry_on_the_feed_cannot_take_the_seq_of_the_real_one(world) -> None:
+    broker, store, cloud_store, station_bus, link, cloud = world
+    cloud_store.add_release("DE-LEJ", "ord_1")
+    cloud.publish_feed()
+    assert store.applied() == [1]
+    rogue = broker.bus("rogue")
+    junk = c.new_envelope(c.ORDER_RELEASED, site="DE-LEJ", seq=2, body={"junk": True})
+    rogue.publish(c.site_feed_topic("DE-LEJ"), c.encode(junk))
+    assert store.last_feed_seq() == 1 and store.applied() == [1]  # refused: seq 2 is still free
+    assert link.stats.dead_letters == 1 and "body invalid" in str(link.last_error)
+    assert link.stats.replays_requested == 1  # asked the cloud what stands at 2 (nothing yet)
+    cloud_store.add_release("DE-LEJ", "ord_2")  # the cloud's real entry 2
+    cloud.publish_feed()
+    assert store.applied() == [1, 2]
+
+
+def test_an_entry_the_cloud_itself_replays_is_stepped_past_even_if_unreadable(world) -> None:
+    broker, store, cloud_store, station_bus, link, cloud = world
+    cloud_store.add_entry("DE-LEJ", c.ORDER_RELEASED, {"order_id": "ord_1"})  # a cloud bug: no lines
+    cloud_store.add_release("DE-LEJ", "ord_2")
+    cloud.publish_feed()  # 1 is refused from the feed and replayed; the replayed copy does not wedge
+    assert store.last_feed_seq() == 2
+    assert store.applied() == [1, 2]  # this fake store records every seq it steps past
+
+
+def test_junk_is_refused_before_parsing_and_reasons_stay_short() -> None:
+    with pytest.raises(c.ContractError, match="over the 262144-byte limit"):
+        c.decode(b'{"x": "' + b"a" * (c.MAX_PAYLOAD_BYTES + 1) + b'"}')
+    with pytest.raises(c.ContractError, match="nested too deeply"):
+        c.decode(b"[" * 100_000)
+    env = c.new_envelope(c.ORDER_RELEASED, site="DE-LEJ", seq=1, body={"order_id": "x" * 200_000})
+    with pytest.raises(c.ContractError) as err:
+        c.check_feed_entry(env)
+    assert len(str(err.value)) <= c.MAX_REASON_CHARS + 40 and "xxxxxxxxxx" not in str(err.value)
+
+
+def test_a_huge_junk_event_is_dead_lettered_briefly(world) -> None:
+    broker, store, cloud_store, station_bus, link, cloud = world
+    station_bus.publish(c.station_events_topic("ST-1"), b'{"x": "' + b"a" * (10 << 20) + b'"}')
+    [reason] = cloud_store.dead
+    assert "limit" in reason and len(reason) < 200
+    env = store.pack("ord_after")  # the ingest goes on
+    link.pump()
+    assert cloud_store.applied == {env.id: 1}
