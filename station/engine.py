@@ -269,6 +269,21 @@ class PackingEngine:
         """Print the open, fully scanned order's label (and commit it), or reprint the last packed label."""
         return self._run(self._reprint)
 
+    def check_open_order(self) -> Verdict | None:
+        """Re-read the open order after the feed changed something: a cancel (or a pack at another
+        station) that reaches the open order closes the bench at once, loudly, instead of waiting
+        for the packer's next scan or key."""
+        with self._lock:
+            _order, verdict = self._open_order()
+            if verdict is not None:
+                self.last_verdict = verdict
+        if verdict is not None:
+            try:
+                self._on_event(verdict)
+            except Exception:
+                log.exception("station: engine callback failed")
+        return verdict
+
     def abort_order(self) -> Verdict:
         """Give up the open order: back to released, every count cleared (the packer unpacks)."""
         return self._run(self._abort)

@@ -47,7 +47,7 @@ log = logging.getLogger("packline.station")
 
 SOFTWARE = "packline-station/0.1.0"
 Listener = Callable[[Verdict | None], None]
-_Request = Scan | Literal["reprint", "abort"] | None
+_Request = Scan | Literal["reprint", "abort", "recheck"] | None
 
 
 class _Stop:
@@ -125,7 +125,7 @@ class StationRuntime:
             store=self.replica,
             resend_after_s=config.resend_after_s,
             software=SOFTWARE,
-            on_change=lambda: self._notify(None),
+            on_change=self._on_sync_change,
             on_rejected=self._on_rejected,
         )
         self.engine = PackingEngine(
@@ -284,6 +284,10 @@ class StationRuntime:
         log.error("station %s: %s", self.config.station_id, self.last_error)
 
     # -- threads --------------------------------------------------------------------------
+    def _on_sync_change(self) -> None:
+        self._requests.put("recheck")  # on the engine's thread: did the feed close the open order?
+        self._notify(None)
+
     def _engine_loop(self) -> None:
         while True:
             request = self._requests.get()
@@ -294,6 +298,8 @@ class StationRuntime:
                     self.engine.reprint()
                 elif request == "abort":
                     self.engine.abort_order()
+                elif request == "recheck":
+                    self.engine.check_open_order()
                 else:
                     self.engine.handle_scan(request)
             except Exception:

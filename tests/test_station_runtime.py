@@ -222,6 +222,22 @@ def test_a_restarted_station_resumes_the_open_order(
         second.stop()
 
 
+def test_a_cancel_of_the_open_order_shows_at_once_without_a_scan(
+    start_station: StartStation, cloud: FakeCloud, scanner: SimulatedScanner, zebra: SimulatedZebra
+) -> None:
+    acme = cloud.release(order_acme())
+    st = start_station()
+    wait_until(lambda: st.runtime.replica.last_feed_seq() == 1, what="the release")
+    scanner.scan_text("ACME-10001")
+    scanner.scan_gtin(gtin14("MUG-TI-450"))
+    st.wait_for(K.ITEM_OK)
+    cloud.cancel(acme.body["order_id"], reason="customer cancelled")
+    [closed] = [v for v in st.wait_for(K.ORDER_CANCELLED) if v.kind == K.ORDER_CANCELLED]
+    assert closed.message == "ORDER CANCELLED — do not pack ACME-10001"
+    assert st.runtime.engine.current_order() is None and st.runtime.status().current_order is None
+    assert zebra.jobs == [] and cloud.packed() == []
+
+
 def _ean_scan(sku: str) -> Scan:
     return decode_scan(("]E0" + gtin14(sku)[1:] + "\r").encode())
 
