@@ -8,7 +8,7 @@ run: a bad or missing configuration, a replica made by a newer build.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ReplicaError", "StationError"]
+__all__ = ["AlreadyRunning", "ConfigError", "ReplicaError", "StationError"]
 
 
 class StationError(Exception):
@@ -21,3 +21,7 @@ class ConfigError(StationError):
 
 class ReplicaError(StationError):
     """The local SQLite replica cannot be used (newer schema, feed applied out of order, ...)."""
+
+
+class AlreadyRunning(StationError):
+    """Another process runs this station (same replica, same broker identity): one at a time."""

@@ -23,7 +23,9 @@ TUI's ``call_from_thread`` does) without stalling packing or the broker connecti
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -35,8 +37,9 @@ from typing import Literal
 from drivers.errors import DeviceError
 from drivers.printer import LabelPrinter, open_printer
 from drivers.scanner import Scan, Scanner, decode_scan, open_scanner
-from station.config import StationConfig, replica_path
+from station.config import StationConfig, replica_path, station_dir
 from station.engine import PackingEngine, Verdict, local_now
+from station.errors import AlreadyRunning
 from station.replica import Replica
 from sync.contract import AckBody, Envelope
 from sync.link import Bus, StationLink
@@ -102,17 +105,23 @@ class StationRuntime:
         self.last_error: str | None = None
         self.scanner_problem: str | None = None
 
-        self.replica = Replica(
-            replica_path(self.data_dir, config.station_id),
-            station=config.station_id,
-            site=config.site,
-            clock=lambda: clock().timestamp(),
-        )
+        self._lock_fd = _claim_station(station_dir(self.data_dir, config.station_id), config.station_id)
+        try:
+            self.replica = Replica(
+                replica_path(self.data_dir, config.station_id),
+                station=config.station_id,
+                site=config.site,
+                clock=lambda: clock().timestamp(),
+            )
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         try:
             self._owns_printer = printer is None
             self.printer: LabelPrinter = printer if printer is not None else open_printer(config.printer_url)
         except BaseException:
             self.replica.close()
+            os.close(self._lock_fd)
             raise
         # the scanner is opened by its thread (and reopened after a failure), not here:
         # a station whose scanner is unplugged still starts, syncs and takes wedge scans
@@ -182,6 +191,7 @@ class StationRuntime:
         if self._owns_printer:
             self.printer.close()
         self.replica.close()
+        os.close(self._lock_fd)  # the station is free for the next process
 
     def __enter__(self) -> StationRuntime:
         self.start()
@@ -348,3 +358,22 @@ class StationRuntime:
             if problem:
                 log.warning("station %s: %s", self.config.station_id, problem)
             self._notify(None)
+
+
+def _claim_station(folder: Path, station_id: str) -> int:
+    """Hold an exclusive lock on ``folder/station.lock`` for this runtime's life (released by
+    :meth:`StationRuntime.stop`, or by the OS when the process dies): two processes of one
+    station would share a replica and take each other's MQTT session over and over."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(folder / "station.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(f"station {station_id} is already running (process {holder}); "
+                             f"stop it first, or run another station id") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+

@@ -3,6 +3,9 @@ in-memory bus with a fake cloud (the real ``CloudLink`` over dicts) that acks.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +19,7 @@ from drivers.sim.scanner import SimulatedScanner
 from drivers.sim.zebra import SimulatedZebra
 from station.config import StationConfig
 from station.engine import Verdict, VerdictKind
+from station.errors import AlreadyRunning
 from station.runtime import StationRuntime
 from sync import contract as c
 from sync.memory import MemoryBroker, MemoryBus
@@ -236,6 +240,26 @@ def test_a_cancel_of_the_open_order_shows_at_once_without_a_scan(
     assert closed.message == "ORDER CANCELLED — do not pack ACME-10001"
     assert st.runtime.engine.current_order() is None and st.runtime.status().current_order is None
     assert zebra.jobs == [] and cloud.packed() == []
+
+
+def test_one_station_runs_in_one_process_at_a_time(
+    tmp_path: Path, broker: MemoryBroker, scanner: SimulatedScanner, zebra: SimulatedZebra
+) -> None:
+    first = StationRuntime(config_for(tmp_path, scanner, zebra), bus=broker.bus("a"), data_dir=tmp_path)
+    probe = (
+        "import sys; from pathlib import Path; from station.runtime import _claim_station\n"
+        "try:\n    _claim_station(Path(sys.argv[1]), 'X')\nexcept Exception as e:\n    print(e); sys.exit(7)\n"
+    )
+    folder = str(tmp_path / "stations" / STATION)
+    try:
+        with pytest.raises(AlreadyRunning, match=f"station {STATION} is already running"):
+            StationRuntime(config_for(tmp_path, scanner, zebra), bus=broker.bus("b"), data_dir=tmp_path)
+        other = subprocess.run([sys.executable, "-c", probe, folder], capture_output=True, text=True, timeout=60)
+        assert other.returncode == 7 and f"process {os.getpid()}" in other.stdout
+    finally:
+        first.stop()
+    assert subprocess.run([sys.executable, "-c", probe, folder], timeout=60).returncode == 0  # free again
+    StationRuntime(config_for(tmp_path, scanner, zebra), bus=broker.bus("c"), data_dir=tmp_path).stop()
 
 
 def _ean_scan(sku: str) -> Scan:
