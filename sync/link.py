@@ -113,7 +113,7 @@ class StationLink:
         self._on_change = on_change or (lambda: None)
         self._on_rejected = on_rejected or (lambda ack: None)
         self._lock = threading.RLock()  # feed application and outbox pumping are serialised
-        self._replay_asked_at: float = 0.0
+        self._replay_asked_at = float("-inf")
         self._seen_high = 0  # highest feed seq seen; above last_feed_seq means a gap is still open
         # hello again every hello_interval_s: the heartbeat on the state topic, and the repair for
         # a feed entry lost on its way to the broker at a quiet site (no later entry shows the gap)
@@ -138,8 +138,12 @@ class StationLink:
 
     def _say_hello(self) -> None:
         self._hello_at = self._clock()
+        last = self.store.last_feed_seq()
+        # the hello asks for everything after ``last`` anyway: forget the highest seq seen, so an
+        # entry with an absurd seq (a rogue publisher) cannot keep the station asking every second
+        self._seen_high = min(self._seen_high, last)
         body = c.HelloBody(
-            last_feed_seq=self.store.last_feed_seq(),
+            last_feed_seq=last,
             outbox_depth=self.store.outbox_depth(),
             software=self.software,
         )
@@ -240,14 +244,14 @@ class StationLink:
         self._on_change()
 
     def _ask_replay_now(self, last: int) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._replay_asked_at > 1.0:
             self._replay_asked_at = now
             self.request_replay(last)
 
     def _ask_replay_if_gap(self, last: int | None = None) -> None:
         last = self.store.last_feed_seq() if last is None else last
-        now = time.monotonic()
+        now = self._clock()
         if self._seen_high > last and now - self._replay_asked_at > 1.0:
             self._replay_asked_at = now
             self.request_replay(last)

@@ -355,3 +355,33 @@ def test_a_huge_junk_event_is_dead_lettered_briefly(world) -> None:
     env = store.pack("ord_after")  # the ingest goes on
     link.pump()
     assert cloud_store.applied == {env.id: 1}
+
+
+def test_an_absurd_seq_does_not_keep_the_station_asking_for_ever(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    store = SqliteStationStore(tmp_path / "replica.db")
+    cloud_store = FakeCloudStore()
+    now = [1000.0]
+    link = StationLink(station="ST-1", site="DE-LEJ", bus=broker.bus("station"), store=store,
+                       hello_interval_s=30.0, clock=lambda: now[0])
+    cloud = CloudLink(bus=broker.bus("cloud"), store=cloud_store)
+    broker.buses[1].subscribe(c.cloud_events_subscription(), cloud.handle)
+    link.start()
+    rogue = c.new_envelope(c.ORDER_RELEASED, site="DE-LEJ", seq=10**12, body=release_body("ord_x"))
+    broker.bus("rogue").publish(c.site_feed_topic("DE-LEJ"), c.encode(rogue))
+    asked = link.stats.replays_requested
+    assert asked == 1
+    for _ in range(10):  # while the gap looks open, at most one ask a second
+        now[0] += 1.5
+        link.pump()
+    assert link.stats.replays_requested == asked + 10
+    now[0] += 30  # the periodic hello asks for everything after last anyway, then the asking stops
+    link.pump()
+    settled = link.stats.replays_requested
+    for _ in range(10):
+        now[0] += 1.5
+        link.pump()
+    assert link.stats.replays_requested == settled
+    cloud_store.add_release("DE-LEJ", "ord_1")  # the feed goes on as usual
+    cloud.publish_feed()
+    assert store.applied() == [1]
