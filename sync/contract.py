@@ -70,6 +70,8 @@ ORDER_CANCELLED = "order.cancelled"
 ORDER_UPDATED = "order.updated"  # the order closed (shipped, exception) at the cloud: other stations stop
 FEED_SKIP = "feed.skip"  # a replayed entry whose order closed meanwhile: advance seq, change nothing
 FEED_TYPES = (ORDER_RELEASED, ORDER_CANCELLED, ORDER_UPDATED, FEED_SKIP)
+MAX_SEQ = 2**63 - 1
+"""Sequence numbers are stored as 64-bit integers (SQLite INTEGER, PostgreSQL BIGINT)."""
 # cloud -> one station
 ACK = "ack"
 # presence (retained)
@@ -133,7 +135,7 @@ class Envelope(BaseModel):
     tenant: str | None = None
     site: str = Field(min_length=1)
     station: str | None = None
-    seq: int = Field(ge=0, description="monotonic per producer stream (station outbox, or site feed)")
+    seq: int = Field(ge=0, le=MAX_SEQ, description="monotonic per producer stream (station outbox, or site feed)")
     occurred_at: datetime
     body: dict[str, Any] = Field(default_factory=dict)
 
@@ -304,13 +306,13 @@ class FeedSkipBody(_Body):
 class HelloBody(_Body):
     """Sent by a station on every (re)connect: lets the cloud replay the feed it missed."""
 
-    last_feed_seq: int = Field(ge=0)
-    outbox_depth: int = Field(ge=0, default=0)
+    last_feed_seq: int = Field(ge=0, le=MAX_SEQ)
+    outbox_depth: int = Field(ge=0, le=MAX_SEQ, default=0)
     software: str | None = None
 
 
 class ReplayRequestBody(_Body):
-    from_seq: int = Field(ge=0, description="replay every feed entry with seq > from_seq")
+    from_seq: int = Field(ge=0, le=MAX_SEQ, description="replay every feed entry with seq > from_seq")
 
 
 class AckBody(_Body):

@@ -385,3 +385,13 @@ def test_an_absurd_seq_does_not_keep_the_station_asking_for_ever(tmp_path: Path)
     cloud_store.add_release("DE-LEJ", "ord_1")  # the feed goes on as usual
     cloud.publish_feed()
     assert store.applied() == [1]
+
+
+def test_sequence_numbers_beyond_64_bits_are_dead_lettered(world) -> None:
+    broker, store, cloud_store, station_bus, link, cloud = world
+    hello = c.new_envelope(c.STATION_HELLO, site="DE-LEJ", station="ST-1", seq=0, body={"last_feed_seq": 0})
+    raw = c.encode(hello).replace(b'"last_feed_seq":0', b'"last_feed_seq":' + str(10**40).encode())
+    station_bus.publish(c.station_events_topic("ST-1"), raw)
+    packed = c.encode(c.new_envelope(c.ORDER_PACKED, site="DE-LEJ", station="ST-1", seq=1, body={}))
+    station_bus.publish(c.station_events_topic("ST-1"), packed.replace(b'"seq":1', b'"seq":' + str(10**30).encode()))
+    assert len(cloud_store.dead) == 2 and all("less than or equal" in r for r in cloud_store.dead)
