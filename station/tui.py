@@ -120,7 +120,9 @@ class PackingApp(App[None]):
         self.set_interval(self.status_refresh_s, self._refresh_status)
         current = self.runtime.engine.current_order()
         if current is not None:
-            self._show_banner(f"RESUMED ORDER {current.external_id} — keep scanning", "info")
+            scanned, expected = current.units
+            todo = "press F5 to print its label" if scanned >= expected else "keep scanning"
+            self._show_banner(f"RESUMED ORDER {current.external_id} — {todo}", "info")
         self.refresh_view()
 
     def on_unmount(self) -> None:

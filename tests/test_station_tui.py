@@ -213,3 +213,16 @@ async def test_a_new_screen_resumes_the_open_order(runtime: StationRuntime) -> N
         assert text_of(app, "#banner") == "RESUMED ORDER ACME-10001 — keep scanning"
         assert "1/3 items" in text_of(app, "#order")
         assert [r[3] for r in rows(app)] == ["0", "1"]
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_order_that_is_fully_scanned_says_to_print(runtime: StationRuntime,
+                                                                    zebra: SimulatedZebra) -> None:
+    zebra.paper_out = True  # the label cannot print: the order stays open, every unit scanned
+    async with PackingApp(runtime).run_test(size=SIZE) as pilot:
+        for keys in ("ACME-10001", "4006381333931", "4006381333948", "4006381333948"):
+            await scan(pilot, *keys)
+    app = PackingApp(runtime)
+    async with app.run_test(size=SIZE):
+        assert text_of(app, "#banner") == "RESUMED ORDER ACME-10001 — press F5 to print its label"
+        assert "3/3 items" in text_of(app, "#order")
