@@ -137,6 +137,24 @@ def _fields_from(elements: GS1ElementStrings) -> _GS1Fields:
     )
 
 
+_BIIP_PATTERN_ERROR = re.compile(r"^Failed to match '(?P<value>.*)' with GS1 AI \((?P<ai>\d+)\) pattern '.*'\.?$", re.S)
+_AI_NAMES = {"00": "SSCC", "01": "GTIN", "02": "GTIN", "10": "lot", "11": "production date",
+             "15": "best-before date", "17": "expiry date", "21": "serial number"}
+
+
+def _readable(error: str | None) -> str | None:
+    """biip's message for a field that does not fit its AI quotes the AI's regular expression;
+    a packer reads which field is wrong instead."""
+    if error is None:
+        return None
+    m = _BIIP_PATTERN_ERROR.match(error)
+    if m is None:
+        return error
+    ai = m["ai"]
+    name = _AI_NAMES.get(ai, "field")
+    return f"GS1 ({ai}) {name} is not valid in {m['value'][:40]!r}"
+
+
 def _decode_gs1(data: str) -> _GS1Fields:
     """Parse GS1 element strings (or a GS1 Digital Link URI) with biip.
 
@@ -146,15 +164,15 @@ def _decode_gs1(data: str) -> _GS1Fields:
     if is_uri:
         result = biip.parse(data, config=_PARSE_CONFIG)  # biip tries Digital Link for http...
         if result.gs1_digital_link_uri is None:
-            return _GS1Fields(error=result.gs1_digital_link_uri_error or "not a GS1 Digital Link URI")
+            return _GS1Fields(error=_readable(result.gs1_digital_link_uri_error) or "not a GS1 Digital Link URI")
         fields = _fields_from(result.gs1_digital_link_uri.element_strings)
     else:
         # Prefix with the GS1-128 AIM id so biip parses exactly one thing: a GS1 message.
         result = biip.parse("]C1" + data, config=_PARSE_CONFIG)
         if result.gs1_message is None:
-            return _GS1Fields(error=result.gs1_message_error or "not a GS1 element string")
+            return _GS1Fields(error=_readable(result.gs1_message_error) or "not a GS1 element string")
         fields = _fields_from(result.gs1_message.element_strings)
-    error = result.gtin_error or result.sscc_error
+    error = _readable(result.gtin_error or result.sscc_error)
     return _GS1Fields(
         gtin=result.gtin.as_gtin_14() if result.gtin is not None else None,
         lot=fields.lot,

@@ -428,3 +428,15 @@ def test_parse_scanner_url_opens_nothing_and_open_uses_what_it_parsed() -> None:
 def test_missing_port_is_a_device_error() -> None:
     with pytest.raises(DeviceError, match="/dev/packline-no-such-port"):
         open_scanner("serial:///dev/packline-no-such-port?baud=9600")
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"]C1010400638133393117261399\r", "GS1 (17) expiry date is not valid in '17261399'"),
+        (b"]C10104006381333931\x1d17261399\r", "GS1 (17) expiry date is not valid in '17261399'"),
+    ],
+)
+def test_a_bad_gs1_field_is_named_for_the_packer_not_as_a_pattern(frame: bytes, error: str) -> None:
+    scan = decode_scan(frame)
+    assert scan.error == error and "pattern" not in scan.error
