@@ -531,11 +531,11 @@ class Replica:
 
     def _apply_updated(self, conn: sqlite3.Connection, body: c.OrderUpdatedBody, now: float) -> None:
         """The cloud closed the order (another station shipped it, or it went to exception):
-        take it off this station's open orders. A station that packed it itself keeps 'packed'."""
+        take it off this station's open orders. A station that packed it itself keeps 'packed';
+        one that still has it open although the cloud names this very station (a replica restored
+        from a backup taken before the pack) closes it too, or the parcel would go out twice."""
         if body.status not in ("shipped", "delivered", "exception", "cancelled"):
             return
-        if body.station == self.station:
-            return  # our own pack, confirmed
         where = f" at {body.station}" if body.station else ""
         reason = f"{CLOSED_ELSEWHERE}{body.status}{where}" + (f" ({body.reason})" if body.reason else "")
         cur = conn.execute(

@@ -381,7 +381,15 @@ def test_an_order_another_station_packed_is_closed_here_and_refused_loudly(bench
     assert not again.ok and again.message.startswith("PACKED ELSEWHERE")
     assert bench.zebra.jobs == [] and bench.outbox() == []  # no second label, no second event
     # our own pack confirmed by the cloud changes nothing
-    bench.scan(text("NT-20001"))
-    own = c.OrderUpdatedBody(order_id="ORD-2", status="shipped", station=STATION)
+    bench.scan(text("ACME-10002"), ean("SOCK-MW-42"))
+    assert bench.replica.get_order("ORD-3").status == "packed"  # type: ignore[union-attr]
+    own = c.OrderUpdatedBody(order_id="ORD-3", status="shipped", station=STATION)
     bench.replica.apply_feed(c.new_envelope(c.ORDER_UPDATED, site=SITE, seq=5, body=own))
-    assert bench.replica.get_order("ORD-2").status == "packing"  # type: ignore[union-attr]
+    assert bench.replica.get_order("ORD-3").status == "packed"  # type: ignore[union-attr]
+    # ...but a replica restored from a backup still holding an order this station shipped closes it
+    bench.scan(text("NT-20001"))
+    restored = c.OrderUpdatedBody(order_id="ORD-2", status="shipped", station=STATION)
+    bench.replica.apply_feed(c.new_envelope(c.ORDER_UPDATED, site=SITE, seq=6, body=restored))
+    assert bench.replica.get_order("ORD-2").status == "cancelled"  # type: ignore[union-attr]
+    [v] = bench.scan(ean("TEA-EG-100"))
+    assert v.kind == K.ORDER_CANCELLED and not v.ok
