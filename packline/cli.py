@@ -286,7 +286,7 @@ def render_summary(result: Any) -> str:
         lines.append("PROBLEMS:")
         lines += [f"  - {p}" for p in result.problems]
     else:
-        lines.append("ledger invariants hold: on hand = opening - shipped; reserved = open orders' holds")
+        lines.append(f"ledger checked: {s.get('ledger_checked')}")
     return "\n".join(lines)
 
 

@@ -81,3 +81,16 @@ def test_a_demo_that_times_out_reports_the_orders_not_a_false_ledger_error(
     assert unshipped and all(o.reason for o in unshipped)
     # the packers stopped and what they packed reached the cloud before the ledger was compared
     assert [p for p in result.problems if p.startswith("ledger")] == []
+
+
+@pytest.mark.slow
+def test_a_load_run_checks_the_ledger_against_opening_stock_plus_its_receipts(
+    tmp_path: Path, mqtt_broker: tuple[str, int]
+) -> None:
+    url, protocol = mqtt_broker
+    result = run_demo(DemoOptions(settings=Settings(data_dir=tmp_path / "data"), out=tmp_path / "out",
+                                  mqtt_url=url, mqtt_protocol=protocol, orders=30))
+    assert result.ok, result.problems
+    assert result.stats["load"]["shipped"] == 30 and result.stats["load"]["p99_ms"] > 0
+    assert result.stats["ledger_checked"].startswith("on hand = opening + receipts - shipped")
+    assert len({o.label_file for o in result.orders}) == 30
